@@ -1,0 +1,1 @@
+"""rlhf.config — see DESIGN.md §2 for what this layer holds."""

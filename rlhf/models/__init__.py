@@ -1,0 +1,1 @@
+"""rlhf.models — see DESIGN.md §2 for what this layer holds."""

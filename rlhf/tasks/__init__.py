@@ -1,0 +1,1 @@
+"""rlhf.tasks — see DESIGN.md §2 for what this layer holds."""

@@ -1,0 +1,1 @@
+"""rlhf.trainers — see DESIGN.md §2 for what this layer holds."""

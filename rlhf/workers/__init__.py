@@ -1,0 +1,1 @@
+"""rlhf.workers — see DESIGN.md §2 for what this layer holds."""

@@ -1,0 +1,42 @@
+"""Packaging for `rlhf`: four-model PPO orchestration on Ray + DeepSpeed.
+
+Version ranges are loose on purpose: real users run on GPUs with their own CUDA builds of torch.
+CPU-only machines (CI, laptops) must install `torch==2.13.0` first, as the README says, or pip
+resolves a multi-GB CUDA wheel.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+setup(
+    name="rlhf",
+    version="0.1.0",
+    description="RLHF orchestration: actor, critic, reward and reference models as Ray actors, "
+    "DeepSpeed training, PPO/GRPO/RLOO, Hydra recipes.",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rlhf", "rlhf.*"]),
+    install_requires=[
+        "torch>=2.2",
+        "transformers>=4.56",
+        "datasets>=2.18",
+        "tokenizers>=0.19",
+        "safetensors>=0.4",
+        "ray[default]>=2.30",
+        "deepspeed>=0.15",
+        "hydra-core>=1.3",
+        "omegaconf>=2.3",
+        "peft>=0.11",
+        "wandb>=0.17",
+        "tensorboard>=2.14",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "hypothesis>=6.80"],
+    },
+    entry_points={"console_scripts": ["rlhf=rlhf.cli:main"]},
+)

@@ -1,0 +1,40 @@
+"""Test-session conventions shared by every test file.
+
+- CPU is the default. Files named `*_gpu.py` get the `gpu` marker and are skipped without CUDA.
+- Nothing may reach a model/data hub: offline flags are set before transformers/datasets import.
+- wandb logs offline; Ray keeps every listener on loopback.
+"""
+import os
+
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+import pytest  # noqa: E402
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch missing means no GPU either
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (file ends in _gpu.py)")
+    has_gpu = None
+    for item in items:
+        if item.fspath.basename.endswith("_gpu.py"):
+            item.add_marker(pytest.mark.gpu)
+            if has_gpu is None:
+                has_gpu = _cuda_available()
+            if not has_gpu:
+                item.add_marker(skip_gpu)
