@@ -25,6 +25,12 @@ No recipes are available yet in this version: `rlhf` with no arguments checks th
 
 def check_installation() -> list[str]:
     """Import every runtime dependency; return the names that fail, each with its error."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn while probing for CUDA
     missing = []
     for name in RUNTIME_MODULES:
         try:

@@ -51,3 +51,80 @@ def build_tiny_tokenizer(out_dir: str | Path, alphabet: str = ARITHMETIC_ALPHABE
     out_dir.mkdir(parents=True, exist_ok=True)
     hf_tokenizer.save_pretrained(out_dir)
     return hf_tokenizer
+
+
+# Architecture name → (config class name, the config field names for width/depth/heads/context).
+_TINY_ARCHS = {
+    "llama": ("LlamaConfig", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"),
+    "gpt2": ("GPT2Config", "n_embd", "n_layer", "n_head", "n_positions"),
+}
+
+
+def tiny_config(tokenizer, arch: str = "llama", num_layers: int = 2, hidden_size: int = 128,
+                num_heads: int = 4, max_positions: int = 256, **overrides):
+    """An HF config for a tiny `arch` model whose vocab and bos/eos/pad ids come from `tokenizer`.
+
+    `overrides` are passed to the config class (e.g. `initializer_range=0.2` for peakier random logits,
+    `num_labels=1` for a reward model). Raises ValueError for an unknown `arch`.
+    """
+    import transformers
+
+    if arch not in _TINY_ARCHS:
+        raise ValueError(f"unknown tiny arch {arch!r}; choose one of {sorted(_TINY_ARCHS)}")
+    config_cls, width, depth, heads, context = _TINY_ARCHS[arch]
+    fields = {width: hidden_size, depth: num_layers, heads: num_heads, context: max_positions}
+    if arch == "llama":
+        fields.update(intermediate_size=4 * hidden_size, num_key_value_heads=num_heads, tie_word_embeddings=False)
+    fields.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    fields.update(overrides)
+    return getattr(transformers, config_cls)(**fields)
+
+
+def build_tiny_model(out_dir: str | Path, tokenizer_dir: str | Path | None = None, arch: str = "llama",
+                     num_layers: int = 2, hidden_size: int = 128, num_heads: int = 4, seed: int = 0,
+                     max_positions: int = 256, **config_overrides) -> Path:
+    """Build a random-init tiny causal LM and save it (safetensors) with its tokenizer in `out_dir`.
+
+    The tokenizer is loaded from `tokenizer_dir`, or built with `build_tiny_tokenizer` when None.
+    `seed` fixes the initial weights. Returns `out_dir` as a Path, loadable by `load_causal_lm`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    return _build_and_save(AutoModelForCausalLM, out_dir, tokenizer_dir, seed, arch=arch, num_layers=num_layers,
+                           hidden_size=hidden_size, num_heads=num_heads, max_positions=max_positions,
+                           **config_overrides)
+
+
+def build_tiny_reward_model(out_dir: str | Path, tokenizer_dir: str | Path | None = None, arch: str = "llama",
+                            num_layers: int = 2, hidden_size: int = 128, num_heads: int = 4, seed: int = 0,
+                            max_positions: int = 256, **config_overrides) -> Path:
+    """Like `build_tiny_model`, but a sequence classifier with one label (a reward-model directory).
+
+    The score head is random-init (the config's `initializer_range`) and saved, so the directory
+    loads with `load_reward_model` as a trained reward model would.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    return _build_and_save(AutoModelForSequenceClassification, out_dir, tokenizer_dir, seed, arch=arch,
+                           num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
+                           max_positions=max_positions, num_labels=1, **config_overrides)
+
+
+def _build_and_save(auto_cls, out_dir, tokenizer_dir, seed: int, **config_kwargs) -> Path:
+    """Init `auto_cls` from a tiny config under `seed`, then save model + tokenizer to `out_dir`."""
+    import torch
+    from transformers import AutoTokenizer
+
+    out_dir = Path(out_dir)
+    if tokenizer_dir is None:
+        tokenizer = build_tiny_tokenizer(out_dir)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = tiny_config(tokenizer, **config_kwargs)
+    with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
+        torch.manual_seed(seed)
+        model = auto_cls.from_config(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
