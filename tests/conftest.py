@@ -38,3 +38,22 @@ def pytest_collection_modifyitems(config, items):
                 has_gpu = _cuda_available()
             if not has_gpu:
                 item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One simulated 2-node Ray cluster for the whole test session (Ray starts once, ≈ 10 s).
+
+    Each fake node declares 4 GPUs (Ray hands out CUDA_VISIBLE_DEVICES; torch stays on CPU) and 4
+    logical CPUs (actors ask for fractional shares of the 2 real cores). Every listener is on loopback.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 4})
+    cluster.add_node(num_cpus=4, num_gpus=4)
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()

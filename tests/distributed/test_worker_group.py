@@ -1,0 +1,172 @@
+"""Worker groups on a simulated 2-node cluster with fake GPUs: placement, dispatch, failures, shutdown."""
+import os
+import sys
+import time
+
+import pytest
+import ray
+import ray.cloudpickle
+import torch
+
+from rlhf.config.placement import NodeSpec, PlacementConfig, RolePlacement
+from rlhf.data.batch import RolloutBatch
+from rlhf.distributed.placement import plan_placement
+from rlhf.distributed.worker_group import RoleGroups, WorkerError, WorkerTimeoutError
+from rlhf.workers.base import BaseWorker, Dispatch, dispatch
+
+# Ray workers cannot import this test module: ship its classes by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class EchoWorker(BaseWorker):
+    @dispatch(Dispatch.SPLIT)
+    def tag(self, batch: RolloutBatch) -> RolloutBatch:
+        batch.scores_B = torch.full((len(batch),), float(self.rank))
+        return batch
+
+    @dispatch(Dispatch.SPLIT)
+    def double(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+    @dispatch(Dispatch.RANK0)
+    def all_reduce_rank(self) -> float:
+        """Prove the rendezvous works: sum of ranks through a gloo all-reduce."""
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size)
+        value = torch.tensor([float(self.rank)])
+        dist.all_reduce(value)
+        return float(value.item())
+
+    def master(self):
+        return os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def die_on_rank(self, rank: int, others_sleep: float) -> None:
+        if self.rank == rank:
+            os._exit(1)
+        time.sleep(others_sleep)
+
+    def fail(self) -> None:
+        raise ValueError("bad input in fail()")
+
+
+ROLES = ("actor", "critic", "reward", "reference")
+TWO_NODES = [NodeSpec(gpus=4, cpus=4), NodeSpec(gpus=4, cpus=4)]
+
+
+def make_groups(cfg, roles, **kw):
+    plan = plan_placement(cfg, roles, cluster=TWO_NODES)
+    return RoleGroups.create(plan, {r: EchoWorker for r in roles}, call_timeout_s=60, **kw)
+
+
+def test_roles_land_on_the_devices_the_plan_says(ray_cluster):
+    cfg = PlacementConfig(
+        actor=RolePlacement(num_nodes=2, devices_per_node=2, cpus_per_rank=0.1),
+        critic=RolePlacement(devices_per_node=2, cpus_per_rank=0.1),
+        reward=RolePlacement(devices_per_node=2, colocate="frozen", cpus_per_rank=0.1),
+        reference=RolePlacement(devices_per_node=2, colocate="frozen", cpus_per_rank=0.1),
+    )
+    groups = make_groups(cfg, ROLES)
+    try:
+        devices = {}
+        for role in ROLES:
+            infos = groups[role].ping()
+            assert [i["rank"] for i in infos] == list(range(len(infos)))
+            devices[role] = [(i["node_id"], tuple(i["gpu_ids"])) for i in infos]
+            assert all(len(i["gpu_ids"]) == 1 for i in infos)
+        assert len({node for node, _ in devices["actor"]}) == 2  # the actor spans both nodes
+        # Non-colocated roles never share a device; colocated ones share exactly.
+        for a in ROLES:
+            for b in ROLES:
+                if a < b and {a, b} != {"reward", "reference"}:
+                    assert not set(devices[a]) & set(devices[b]), (a, b)
+        assert devices["reward"] == devices["reference"]
+        assert len({d for role in ROLES for d in devices[role]}) == 8  # all 8 fake GPUs in use
+    finally:
+        groups.shutdown()
+
+
+def test_split_dispatch_preserves_order_and_rendezvous_is_on_loopback(ray_cluster):
+    cfg = PlacementConfig(use_gpu=False, actor=RolePlacement(devices_per_node=3, cpus_per_rank=0.1))
+    groups = make_groups(cfg, ["actor"])
+    try:
+        actor = groups["actor"]
+        batch = RolloutBatch(input_ids_BS=torch.arange(7 * 4).reshape(7, 4),
+                             attention_mask_BS=torch.ones(7, 4, dtype=torch.long), mask_BT=torch.ones(7, 2))
+        tagged = actor.call("tag", batch)
+        assert torch.equal(tagged.input_ids_BS, batch.input_ids_BS)
+        assert tagged.scores_B.tolist() == [0, 0, 0, 1, 1, 2, 2]
+        assert torch.equal(actor.call("double", torch.arange(5)), 2 * torch.arange(5))
+        assert actor.call("all_reduce_rank") == 0 + 1 + 2
+        assert {addr for addr, _ in actor.call("master")} == {"127.0.0.1"}
+    finally:
+        groups.shutdown()
+
+
+def test_exception_in_a_worker_names_role_rank_and_method(ray_cluster):
+    cfg = PlacementConfig(use_gpu=False, critic=RolePlacement(devices_per_node=2, cpus_per_rank=0.1))
+    groups = make_groups(cfg, ["critic"])
+    try:
+        with pytest.raises(WorkerError, match=r"worker 'critic' rank 0 failed in 'fail'.*bad input"):
+            groups["critic"].call("fail")
+    finally:
+        groups.shutdown()
+
+
+def test_killed_worker_is_reported_before_the_timeout(ray_cluster):
+    cfg = PlacementConfig(use_gpu=False, actor=RolePlacement(devices_per_node=2, cpus_per_rank=0.1))
+    groups = make_groups(cfg, ["actor"])
+    try:
+        start = time.monotonic()
+        with pytest.raises(WorkerError) as err:
+            # rank 0 "hangs" (as in a collective with the dead rank); the death must still surface.
+            groups["actor"].call("die_on_rank", 1, 30.0, timeout_s=20)
+        assert (err.value.role, err.value.rank, err.value.method) == ("actor", 1, "die_on_rank")
+        assert "died" in str(err.value)
+        assert time.monotonic() - start < 15
+    finally:
+        groups.shutdown()
+
+
+def test_hung_worker_times_out_with_its_name(ray_cluster):
+    cfg = PlacementConfig(use_gpu=False, reward=RolePlacement(cpus_per_rank=0.1))
+    groups = make_groups(cfg, ["reward"])
+    try:
+        start = time.monotonic()
+        with pytest.raises(WorkerTimeoutError, match=r"'reward' rank 0 failed in 'sleep': no answer within 2 s"):
+            groups["reward"].call("sleep", 60, timeout_s=2)
+        assert time.monotonic() - start < 10
+    finally:
+        groups.shutdown()
+
+
+def wait_for_free_cpus(expected: float, timeout_s: float = 20.0) -> float:
+    deadline = time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0) < expected - 1e-6 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return ray.available_resources().get("CPU", 0)
+
+
+def test_shutdown_frees_actors_and_placement_groups(ray_cluster):
+    total = ray.cluster_resources()["CPU"]
+    assert wait_for_free_cpus(total) == pytest.approx(total)  # earlier tests' shutdowns have landed
+    cfg = PlacementConfig(use_gpu=False, actor=RolePlacement(devices_per_node=2, cpus_per_rank=0.5))
+    groups = make_groups(cfg, ["actor"])
+    groups["actor"].ping()
+    assert ray.available_resources().get("CPU", 0) == pytest.approx(total - 1.0)
+    groups.shutdown()
+    assert wait_for_free_cpus(total) == pytest.approx(total)
+    assert not [pg for pg in ray.util.placement_group_table().values() if pg["state"] == "CREATED"]
+
+
+def test_plan_ray_cannot_place_is_refused(ray_cluster):
+    from rlhf.distributed.placement import PlanError, create_placement_groups
+
+    cfg = PlacementConfig(actor=RolePlacement(devices_per_node=8))
+    plan = plan_placement(cfg, ["actor"])  # no cluster description: only Ray can say no
+    with pytest.raises(PlanError, match="could not place device group 'actor'"):
+        create_placement_groups(plan, timeout_s=2)
