@@ -6,7 +6,10 @@ raises `DataError`, whose message names the source (file), the row (0-based inde
 line number for JSON-lines files), the field, and what was expected.
 
 JSON files are parsed line by line before `datasets` sees them, because its own loader reports a
-malformed line as an opaque Arrow error with no line number.
+malformed line as an opaque Arrow error with no line number, and fails (or silently converts values)
+when a field changes type between rows — so each field must keep one JSON type (nulls aside). For a
+directory or a hub dataset, `row` is the index within the loaded split and the source is the
+directory or name; for a single file, it is the index within the file.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ class DataError(ValueError):
 
     def __init__(self, source: str, message: str, row: int | None = None, field: str | None = None,
                  line: int | None = None):
-        self.source, self.row, self.field, self.line = source, row, field, line
+        self.source, self.message, self.row, self.field, self.line = source, message, row, field, line
         where = [source]
         if row is not None:
             where.append(f"row {row}" + (f" (line {line})" if line is not None else ""))
@@ -34,6 +37,9 @@ class DataError(ValueError):
         if field is not None:
             where.append(f"field {field!r}")
         super().__init__(": ".join([", ".join(where), message]))
+
+    def __reduce__(self):  # picklable, so the error survives a trip out of a Ray worker
+        return DataError, (self.source, self.message, self.row, self.field, self.line)
 
 
 @dataclass
@@ -60,7 +66,7 @@ class RawRows:
         """Values of column `name` (a DataError naming the field if no row has it)."""
         if name not in self.columns:
             raise self.error(0, name, f"missing field; the rows have fields {self.columns}")
-        return list(self.dataset[name])
+        return list(self.dataset.select_columns([name])[:][name])  # one batched read, not row by row
 
 
 def load_rows(source: str | Path, split: str = "train", cache_dir: str | None = None) -> RawRows:
@@ -117,7 +123,9 @@ def check_json_file(path: Path) -> list[int] | None:
     """Validate a .json/.jsonl file; return the 1-based line number of each record (None for a JSON array).
 
     A file holding one JSON array of objects is accepted; otherwise every non-blank line must be one
-    JSON object. Raises DataError naming the file and the first bad line.
+    JSON object. Each field must keep one JSON type across rows (nulls aside): Arrow needs one type
+    per column, and `datasets` either fails without saying where or silently converts values.
+    Raises DataError naming the file and the first bad row/line.
     """
     source = str(path)
     try:
@@ -131,14 +139,14 @@ def check_json_file(path: Path) -> list[int] | None:
         raise DataError(source, f"not valid UTF-8 (byte {exc.start})", line=line) from exc
     if not text.strip():
         raise DataError(source, "file is empty; expected JSON objects, one per line")
+    kinds: dict[str, tuple[str, int]] = {}  # field → (JSON type, first row having it)
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(source, f"malformed JSON array: {exc.msg} (column {exc.colno})", line=exc.lineno) from exc
         for i, record in enumerate(records):
-            if not isinstance(record, dict):
-                raise DataError(source, f"expected a JSON object, got {type(record).__name__}", row=i)
+            _check_record(source, record, i, None, kinds)
         return None
     lines: list[int] = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -149,11 +157,30 @@ def check_json_file(path: Path) -> list[int] | None:
         except json.JSONDecodeError as exc:
             raise DataError(source, f"malformed JSON: {exc.msg} (column {exc.colno}); expected one JSON "
                             "object per line", row=len(lines), line=number) from exc
-        if not isinstance(record, dict):
-            raise DataError(source, f"expected a JSON object, got {type(record).__name__}",
-                            row=len(lines), line=number)
+        _check_record(source, record, len(lines), number, kinds)
         lines.append(number)
     return lines
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _check_record(source: str, record: Any, row: int, line: int | None, kinds: dict[str, tuple[str, int]]) -> None:
+    if not isinstance(record, dict):
+        raise DataError(source, f"expected a JSON object, got {type(record).__name__}", row=row, line=line)
+    for key, value in record.items():
+        if value is None:
+            continue
+        kind = _kind(value)
+        first = kinds.setdefault(key, (kind, row))
+        if first[0] != kind:
+            raise DataError(source, f"got {_describe(value)} but row {first[1]} has a {first[0]}; expected one "
+                            "type per field", row=row, field=key, line=line)
 
 
 # --- field checks: each returns the value or raises a DataError naming row and field -------------------

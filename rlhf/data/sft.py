@@ -1,0 +1,127 @@
+"""SFT datasets: demonstrations, with the loss on response tokens only.
+
+    ds = SFTDataset("data/sft.jsonl", tokenizer, max_len=32)
+    ds[0]    # SFTExample(input_ids=[prompt..., response..., eos], labels=[-100 × prompt, response..., eos])
+    batch = ds.collate([ds[0], ds[1]])   # SFTBatch: input_ids_BS, attention_mask_BS, labels_BS
+
+Two row formats, chosen by the columns present:
+- `messages_key` (default "messages"): a chat conversation whose LAST message is the assistant turn
+  trained on; the earlier messages are the prompt (loss only on the last turn);
+- otherwise `prompt_key` + `response_key`: a prompt (string or chat messages) and the response string.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from rlhf.data.collate import IGNORE_INDEX, SFTBatch, collate_sft
+from rlhf.data.encode import DatasetStats, check_policy, check_tokenizer, render_prompt_response, tokenize
+from rlhf.data.sources import DataError, expect_messages, expect_text, expect_text_or_messages, load_rows
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTExample:
+    index: int  # row index in the source
+    input_ids: list[int]  # [S] prompt + response ids
+    labels: list[int]  # [S] IGNORE_INDEX on the prompt, the response ids after it
+    prompt_len: int  # number of prompt ids (the leading IGNORE_INDEX labels)
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """Tokenized demonstrations from a hub name or a local json/jsonl/parquet/csv file or directory.
+
+    Args:
+        source, tokenizer, split, use_chat_template, cache_dir: as for `PromptDataset`.
+        prompt_key, response_key: fields of the prompt/response format.
+        messages_key: field of the chat format; used when the rows have it.
+        max_len: limit on prompt+response tokens (None = no limit).
+        overlong: "error" | "truncate" (keep the first `max_len` tokens; a row left with no response
+            token is dropped instead) | "drop". Counts land in `self.stats`.
+        padding_side: side padded by `collate` ("right" by default).
+    """
+
+    def __init__(self, source: str | Path, tokenizer: Any, *, split: str = "train", prompt_key: str = "prompt",
+                 response_key: str = "response", messages_key: str | None = "messages",
+                 use_chat_template: bool | None = None, max_len: int | None = None, overlong: str = "error",
+                 padding_side: str = "right", cache_dir: str | None = None):
+        check_tokenizer(tokenizer)
+        self.overlong = check_policy(overlong)
+        if max_len is not None and max_len <= 0:
+            raise ValueError(f"max_len must be positive or None, got {max_len}")
+        self.tokenizer, self.max_len, self.padding_side = tokenizer, max_len, padding_side
+        rows = load_rows(source, split=split, cache_dir=cache_dir)
+        self.stats = DatasetStats(source=rows.source, total=len(rows))
+        self.format = "messages" if messages_key is not None and messages_key in rows.columns else "prompt_response"
+        if self.format == "messages":
+            conversations = rows.column(messages_key)
+        else:
+            prompt_column, response_column = rows.column(prompt_key), rows.column(response_key)
+
+        prompts, responses, plain = [], [], []
+        for i in range(len(rows)):
+            if self.format == "messages":
+                key = messages_key
+                messages = expect_messages(rows, i, key, conversations[i])
+                if len(messages) < 2 or messages[-1]["role"] != "assistant":
+                    raise rows.error(i, key, "expected at least two messages, the last with role 'assistant', "
+                                     f"got roles {[m['role'] for m in messages]}")
+                prompt, response = messages[:-1], messages[-1:]
+            else:
+                key = response_key
+                prompt = expect_text_or_messages(rows, i, prompt_key, prompt_column[i])
+                response = expect_text(rows, i, response_key, response_column[i])
+            try:
+                prompt_text, response_text, is_chat = render_prompt_response(tokenizer, prompt, response,
+                                                                             use_chat_template)
+            except ValueError as exc:
+                raise rows.error(i, key, str(exc)) from exc
+            prompts.append(prompt_text)
+            responses.append(response_text)
+            plain.append(not is_chat)
+        prompt_ids = tokenize(tokenizer, prompts, plain)
+        response_ids = tokenize(tokenizer, responses, [False] * len(responses))
+        eos = [tokenizer.eos_token_id]
+
+        self.examples: list[SFTExample] = []
+        for i in range(len(rows)):
+            p, r = prompt_ids[i], response_ids[i] + (eos if plain[i] else [])
+            if max_len is not None and len(p) + len(r) > max_len:
+                if self.overlong == "error":
+                    raise rows.error(i, messages_key if self.format == "messages" else response_key,
+                                     f"prompt+response has {len(p) + len(r)} tokens, expected at most "
+                                     f"max_len={max_len} (or set overlong='truncate'/'drop')")
+                if self.overlong == "drop" or len(p) >= max_len:
+                    self.stats.dropped_rows.append(i)
+                    continue
+                r = r[: max_len - len(p)]
+                self.stats.truncated_rows.append(i)
+            self.examples.append(SFTExample(index=i, input_ids=p + r, labels=[IGNORE_INDEX] * len(p) + r,
+                                            prompt_len=len(p)))
+        self.stats.kept = len(self.examples)
+        self.stats.log(logger, "SFT demonstrations", f"max_len={max_len}")
+        if not self.examples:
+            raise DataError(rows.source, "no rows left after the over-long policy; expected at least one")
+
+    @property
+    def num_truncated(self) -> int:
+        return self.stats.truncated
+
+    @property
+    def num_dropped(self) -> int:
+        return self.stats.dropped
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> SFTExample:
+        return self.examples[i]
+
+    def collate(self, examples: Sequence[SFTExample]) -> SFTBatch:
+        """SFTBatch padded on `padding_side` (a `collate_fn`)."""
+        return collate_sft(examples, pad_token_id=self.tokenizer.pad_token_id, padding_side=self.padding_side)

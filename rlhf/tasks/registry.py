@@ -1,0 +1,63 @@
+"""The task registry: built-in tasks looked up by name, so new ones (verifiable math, code) plug in alike.
+
+A task is anything with this interface (`Task`):
+- `name`: its registry name;
+- `reward(response, reference) -> float`: the gold verifier — never raises on a malformed response;
+- `write_files(out_dir) -> dict[str, Path]`: its data as JSONL files whose field names are the
+  defaults of the `rlhf.data` loaders, so task data goes through the same loaders as real data.
+
+    register_task("arithmetic", ArithmeticTask)      # or @register_task("arithmetic") on the class
+    task = get_task("arithmetic", digits=3, seed=1)  # kwargs go to the factory
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+
+    def reward(self, response: str, reference: Any) -> float: ...
+
+    def write_files(self, out_dir: str | Path) -> dict[str, Path]: ...
+
+
+_TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str, factory: Callable[..., Task] | None = None):
+    """Register `factory` (a class or function returning a Task) under `name`; usable as a decorator."""
+    def add(f: Callable[..., Task]) -> Callable[..., Task]:
+        if name in _TASKS and _TASKS[name] is not f:
+            raise ValueError(f"task {name!r} is already registered (by {_TASKS[name]!r})")
+        _TASKS[name] = f
+        return f
+
+    return add(factory) if factory is not None else add
+
+
+def available_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """Build the task registered as `name`; an unknown name raises listing the valid ones."""
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {available_tasks()}")
+    return _TASKS[name](**kwargs)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write `rows` as JSON lines (UTF-8, one object per line) via a temp file renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
