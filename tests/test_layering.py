@@ -1,6 +1,7 @@
 """DESIGN.md §2: dependencies point one way. Scan every module's imports (static, via ast).
 
-- `rlhf/algorithms` imports only torch and the standard library (and itself);
+- `rlhf/algorithms` and `rlhf/tasks` import only torch and the standard library (and rlhf);
+- `rlhf/config` only omegaconf/hydra; `rlhf/data` only torch, datasets, transformers;
 - `ray` only in workers, distributed, trainers and the entry point (cli/launch);
 - `deepspeed` only in the engine;
 - no layer imports a layer above it.
@@ -15,6 +16,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rlhf"
 LAYERS = ["algorithms", "config", "data", "tasks", "models", "engine", "workers", "distributed",
           "trainers", "cli"]
 RAY_ALLOWED = {"workers", "distributed", "trainers", "cli"}
+# Third-party packages each lower layer may import (stdlib and rlhf are always allowed).
+THIRD_PARTY_ALLOWED = {
+    "algorithms": {"torch"},
+    "config": {"omegaconf", "hydra"},
+    "tasks": {"torch"},
+    "data": {"torch", "datasets", "transformers", "pyarrow"},
+}
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 
@@ -41,8 +49,9 @@ def violations(path: Path) -> list[str]:
     found = []
     for module in imported_modules(path):
         top = module.split(".")[0]
-        if layer == "algorithms" and top not in STDLIB | {"torch", "rlhf"}:
-            found.append(f"{path}: algorithms may import only torch and the stdlib, imports {module}")
+        allowed = THIRD_PARTY_ALLOWED.get(layer)
+        if allowed is not None and top not in STDLIB | allowed | {"rlhf"}:
+            found.append(f"{path}: {layer} may import only {sorted(allowed)} and the stdlib, imports {module}")
         if top == "ray" and layer not in RAY_ALLOWED:
             found.append(f"{path}: ray is allowed only in {sorted(RAY_ALLOWED)}, imported in {layer}")
         if top == "deepspeed" and layer != "engine":
@@ -73,4 +82,4 @@ def test_scanner_catches_violations(tmp_path, monkeypatch):
     bad_data.write_text("def f():\n    import deepspeed\n    from rlhf.trainers import ppo\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert len(violations(bad_math)) == 3  # numpy; ray (not torch); ray (wrong layer)
-    assert len(violations(bad_data)) == 2
+    assert len(violations(bad_data)) == 3  # deepspeed (not allowed in data); deepspeed (wrong layer); trainers
