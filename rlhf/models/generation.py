@@ -61,12 +61,14 @@ class SamplingParams:
 
 
 def generate_rollouts(model, tokenizer, prompts: Sequence[str | Sequence[int]], params: SamplingParams | None = None,
-                      references: Sequence[Any] | None = None) -> RolloutBatch:
+                      references: Sequence[Any] | None = None, synced_gpus: bool = False) -> RolloutBatch:
     """Sample `params.n` responses for each prompt (a string, tokenized here, or a list of token ids).
 
     Returns a RolloutBatch with input_ids_BS, attention_mask_BS, mask_BT, old_logprobs_BT, group_ids_B,
     truncated_B, prompts, responses and (if given, one per prompt) references, repeated per sample.
-    The model is run in eval mode under no_grad and restored to its previous mode.
+    The model is run in eval mode under no_grad and restored to its previous mode. `synced_gpus=True`
+    keeps every rank stepping until all ranks finish: required when the weights are ZeRO-3 shards,
+    since each forward gathers them collectively.
     """
     params = params or SamplingParams()
     if references is not None and len(references) != len(prompts):
@@ -129,7 +131,7 @@ def left_pad(token_ids: Sequence[Sequence[int]], pad_token_id: int, device: torc
     return ids_BP.repeat_interleave(repeat, dim=0).to(device), mask_BP.repeat_interleave(repeat, dim=0).to(device)
 
 
-def _sample(model, tokenizer, prompt_ids_BP, prompt_mask_BP, params: SamplingParams):
+def _sample(model, tokenizer, prompt_ids_BP, prompt_mask_BP, params: SamplingParams, synced_gpus: bool = False):
     """Run HF generate: response ids [B, T], valid lengths [B] (> T if never ended), log-probs [B, T]."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
@@ -144,7 +146,8 @@ def _sample(model, tokenizer, prompt_ids_BP, prompt_mask_BP, params: SamplingPar
         sequences_BS = model.generate(
             input_ids=prompt_ids_BP, attention_mask=prompt_mask_BP, max_new_tokens=params.max_new_tokens,
             eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, **sampling, **_NEUTRAL_GENERATION,
-            logits_processor=LogitsProcessorList([tap]), stopping_criteria=StoppingCriteriaList([recorder]))
+            logits_processor=LogitsProcessorList([tap]), stopping_criteria=StoppingCriteriaList([recorder]),
+            synced_gpus=synced_gpus)
     response_ids_BT = sequences_BS[:, prompt_ids_BP.shape[1]:]
     T = response_ids_BT.shape[1]
     # HF may run (and then undo) extra steps after every row finished: keep the first T records.

@@ -8,6 +8,8 @@ method declares how the group feeds it and gathers its results (STYLE.md item 4)
     RANK0  every rank gets the same arguments (collectives need them all); the caller gets rank 0's
     SPLIT  the first argument (a RolloutBatch, list or tensor) is cut into contiguous near-equal shards,
            one per rank; the per-rank results are concatenated back in rank order
+    SPLIT_RANK0  sharded like SPLIT; the caller gets rank 0's result (e.g. an update whose metrics the
+           ranks already all-reduced)
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Dispatch(str, enum.Enum):
     ALL = "all"
     RANK0 = "rank0"
     SPLIT = "split"
+    SPLIT_RANK0 = "split_rank0"
 
 
 def dispatch(mode: Dispatch) -> Callable[[F], F]:

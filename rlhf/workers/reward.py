@@ -1,0 +1,70 @@
+"""The reward role: sequence scores from a reward model, or from a task's rule-based reward function.
+
+When the run has a task with a verifier (e.g. arithmetic), the same call also returns the gold
+reward `gold_B`, so learning is measured against the truth and not only against the reward model.
+Rule-based functions run in a child process with a timeout (`RewardFunctionRunner`): a function that
+raises or hangs gives a logged, counted fallback score, never a dead job.
+"""
+from __future__ import annotations
+
+import torch
+
+from rlhf.config.engine import EngineConfig
+from rlhf.data.batch import RolloutBatch
+from rlhf.models import ModelOptions, load_reward_model, reward_scores
+from rlhf.tasks import get_task
+from rlhf.workers.base import BaseWorker, Dispatch, dispatch
+from rlhf.workers.inference import forward_in_chunks
+from rlhf.workers.reward_fn import RewardFunctionRunner
+
+
+class RewardWorker(BaseWorker):
+    engine = None
+    rule = None
+    verifier = None
+
+    @dispatch(Dispatch.ALL)
+    def init_model(self, model_path: str | None, options: ModelOptions, engine_cfg: EngineConfig,
+                   micro_batch_size: int, task: str | None = None, task_kwargs: dict | None = None,
+                   use_task_reward: bool = False, reward_fn_timeout_s: float = 10.0,
+                   reward_fn_fallback: float = 0.0) -> None:
+        """Score with the reward model at `model_path`, or (`use_task_reward`) with `task`'s reward.
+
+        With a `task`, its verifier also yields `gold_B` for metrics either way.
+        """
+        if use_task_reward and task is None:
+            raise ValueError("reward.use_task_reward=true needs a task (e.g. task=arithmetic)")
+        if not use_task_reward and not model_path:
+            raise ValueError("the reward role needs a reward model path, or use_task_reward=true with a task")
+        if task is not None:
+            task_obj = get_task(task, **(task_kwargs or {}))
+            self.verifier = RewardFunctionRunner(task_obj.reward, reward_fn_timeout_s, reward_fn_fallback)
+            if use_task_reward:
+                self.rule = self.verifier
+        if not use_task_reward:
+            from rlhf.engine import InferenceEngine
+
+            self.engine = InferenceEngine(load_reward_model(model_path, options), engine_cfg, micro_batch_size)
+            self.forward_batch_size = micro_batch_size
+
+    @dispatch(Dispatch.SPLIT)
+    def score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """{"scores_B": [B] float, "gold_B": [B] float (NaN without a verifier)}."""
+        gold_B = torch.full((len(batch),), float("nan"))
+        if self.verifier is not None:
+            gold_B = torch.tensor(self.verifier(batch.responses, batch.references), dtype=torch.float32)
+        if self.rule is not None:
+            return {"scores_B": gold_B.clone(), "gold_B": gold_B}
+        scores_B = forward_in_chunks(
+            batch, self.forward_batch_size, self.engine.cfg.zero_stage == 3, self.device,
+            lambda micro: reward_scores(self.engine.module, micro.input_ids_BS, micro.attention_mask_BS))
+        return {"scores_B": scores_B, "gold_B": gold_B}
+
+    @dispatch(Dispatch.ALL)
+    def reward_fn_stats(self) -> dict:
+        """Failures of the rule-based reward function on this rank (errors, timeouts, non-finite)."""
+        stats = self.verifier.stats if self.verifier is not None else None
+        if stats is None:
+            return {"errors": 0, "timeouts": 0, "non_finite": 0, "examples": []}
+        return {"errors": stats.errors, "timeouts": stats.timeouts, "non_finite": stats.non_finite,
+                "examples": list(stats.examples)}

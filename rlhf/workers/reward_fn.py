@@ -1,0 +1,103 @@
+"""Running a rule-based reward function safely: a raising or hanging function never kills the job.
+
+A task's reward function (e.g. the arithmetic verifier, a unit-test runner for code) is user code.
+It runs in a separate process so that a hang can be cut off: each call gets `timeout_s`; an
+exception or a timeout gives the configured fallback score, is counted, and is logged with the row.
+After a timeout the process is replaced (a hung process cannot be interrupted from outside).
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardFnStats:
+    """Counts of calls that did not return a usable score."""
+
+    errors: int = 0
+    timeouts: int = 0
+    non_finite: int = 0
+    examples: list[str] = field(default_factory=list)  # first few failure descriptions
+
+    def record(self, kind: str, description: str) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        if len(self.examples) < 5:
+            self.examples.append(description)
+
+
+_INSTALLED_FN: Callable[[str, Any], float] | None = None  # the reward function, in the child process
+
+
+def _install(fn: Callable[[str, Any], float]) -> None:
+    global _INSTALLED_FN
+    _INSTALLED_FN = fn
+
+
+def _call(response: str, reference: Any) -> float:
+    return float(_INSTALLED_FN(response, reference))
+
+
+class RewardFunctionRunner:
+    """Scores (response, reference) pairs with `fn` in a child process, one call at a time.
+
+    `fn` must be picklable (a module-level function, as task rewards are). `__call__` returns one
+    float per row: fn's value, or `fallback` when fn raised, hung past `timeout_s`, or returned a
+    non-finite number. `stats` accumulates the failures for the metrics.
+    """
+
+    def __init__(self, fn: Callable[[str, Any], float], timeout_s: float = 10.0, fallback: float = 0.0) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"reward function timeout_s must be > 0, got {timeout_s}")
+        self.fn, self.timeout_s, self.fallback = fn, timeout_s, float(fallback)
+        self.stats = RewardFnStats()
+        self._context = mp.get_context("spawn")
+        self._pool = None
+
+    def _ensure_pool(self):
+        if self._pool is None:
+            # fn is shipped once, at start-up; each call then sends only its row.
+            self._pool = self._context.Pool(processes=1, initializer=_install, initargs=(self.fn,))
+        return self._pool
+
+    def _restart(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+        self._pool = None
+
+    def __call__(self, responses: Sequence[str], references: Sequence[Any]) -> list[float]:
+        if len(responses) != len(references):
+            raise ValueError(f"{len(responses)} responses but {len(references)} references")
+        return [self._score_one(i, r, ref) for i, (r, ref) in enumerate(zip(responses, references))]
+
+    def _score_one(self, row: int, response: str, reference: Any) -> float:
+        pending = self._ensure_pool().apply_async(_call, (response, reference))
+        try:
+            value = pending.get(timeout=self.timeout_s)
+        except mp.TimeoutError:
+            self._restart()
+            return self._fail("timeouts", f"row {row}: no result within {self.timeout_s:g} s")
+        except Exception as exc:  # the reward function raised: that row only gets the fallback
+            return self._fail("errors", f"row {row}: {type(exc).__name__}: {exc}")
+        if value != value or value in (float("inf"), float("-inf")):
+            return self._fail("non_finite", f"row {row}: returned {value}")
+        return value
+
+    def _fail(self, kind: str, description: str) -> float:
+        self.stats.record(kind, description)
+        logger.warning("reward function %s (fallback score %g): %s", kind.rstrip("s"), self.fallback, description)
+        return self.fallback
+
+    def close(self) -> None:
+        self._restart()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,114 @@
+"""What the trained roles (actor, critic) share: the engine, checkpoints, and the minibatch loop.
+
+The loop consumes this rank's shard of a rollout batch for `epochs` passes of `num_minibatches`
+optimizer updates each. Losses are normalised by GLOBAL counts (valid tokens / sequences of the
+minibatch across all ranks, all-reduced here), so the update does not depend on how rows were split
+over ranks and micro-batches (STYLE.md item 7; `TrainEngine.backward` keeps DeepSpeed from rescaling).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rlhf.config.algorithm import UpdateSchedule
+from rlhf.data.batch import RolloutBatch
+from rlhf.workers.base import BaseWorker, Dispatch, dispatch
+from rlhf.workers.collectives import all_reduce_max, all_reduce_sum
+
+# loss_fn(micro_batch, num_tokens, num_seqs) -> (loss, metrics: name -> 0-dim tensor, masked mean)
+MicroLoss = Callable[[RolloutBatch, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A micro-batch loss was NaN/inf on some rank; raised on every rank before any backward of it."""
+
+
+class MetricSums:
+    """Token-weighted sums of micro-batch metrics, reduced across ranks once at the end."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, float | torch.Tensor], weight: float) -> None:
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value) * weight
+            self.weights[name] = self.weights.get(name, 0.0) + weight
+
+    def reduce(self) -> dict[str, float]:
+        names = sorted(self.sums)
+        packed = torch.tensor([[self.sums[n], self.weights[n]] for n in names], dtype=torch.float64)
+        packed = all_reduce_sum(packed.reshape(-1)).reshape(-1, 2) if names else packed
+        return {n: float(s / w) if w else 0.0 for n, (s, w) in zip(names, packed.tolist())}
+
+
+class TrainableWorker(BaseWorker):
+    """Base of ActorWorker and CriticWorker: owns `self.engine` (a TrainEngine) and `self.tokenizer`."""
+
+    engine = None
+    tokenizer = None
+
+    def run_update(self, batch: RolloutBatch, schedule: UpdateSchedule, step: int, loss_fn: MicroLoss) -> dict[str, float]:
+        """Epochs × minibatches × micro-batches over this rank's shard; returns metrics averaged over
+        every micro-batch of every rank (weighted by valid tokens) plus grad_norm and lr."""
+        rows = len(batch)
+        schedule.grad_accum_steps(rows)  # validates that the shard divides evenly
+        sums, optimizer_stats = MetricSums(), MetricSums()
+        loss_sum = 0.0  # Σ of this rank's micro-batch losses; Σ over ranks = Σ of minibatch losses
+        self.engine.train()
+        for epoch in range(schedule.epochs):
+            order = self._row_order(rows, schedule.shuffle, step, epoch)
+            for minibatch_rows in order.chunk(schedule.num_minibatches):
+                minibatch = batch.select(minibatch_rows)
+                num_tokens, num_seqs = self._global_counts(minibatch)
+                for micro in minibatch.split(schedule.micro_batch_size):
+                    loss, metrics = loss_fn(micro.to(self.device), num_tokens, num_seqs)
+                    self._check_finite(loss, epoch)
+                    self.engine.backward(loss)
+                    stats = self.engine.step()
+                    loss_sum += float(loss.detach())
+                    sums.add(metrics, weight=micro.num_tokens())
+                    if stats:
+                        optimizer_stats.add(stats, weight=1.0)
+        updates = schedule.epochs * schedule.num_minibatches
+        mean_loss = float(all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64))) / updates
+        return {**sums.reduce(), **optimizer_stats.reduce(), "loss": mean_loss}
+
+    def _row_order(self, rows: int, shuffle: bool, step: int, epoch: int) -> torch.Tensor:
+        """This epoch's row permutation: a function of (seed, rank, step, epoch) only, so a resumed
+        run replays exactly the order of the uninterrupted one."""
+        if not shuffle:
+            return torch.arange(rows)
+        mixed = self.seed
+        for part in (self.rank, step, epoch):
+            mixed = (mixed * 1_000_003 + part) % (2 ** 61 - 1)
+        generator = torch.Generator().manual_seed(mixed)
+        return torch.randperm(rows, generator=generator)
+
+    def _global_counts(self, minibatch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        local = torch.tensor([minibatch.mask_BT.sum().item(), (minibatch.mask_BT.sum(-1) > 0).sum().item()],
+                             dtype=torch.float64)
+        total = all_reduce_sum(local)
+        return total[0].float().to(self.device), total[1].float().to(self.device)
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
+        bad = all_reduce_max(torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0]))
+        if bad.item():
+            raise NonFiniteLossError(f"{self.role}: non-finite loss in epoch {epoch} on some rank "
+                                     f"(this rank's loss: {loss.item()}); no backward was taken for it")
+
+    @dispatch(Dispatch.ALL)
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        """Full training state of the role (weights, optimizer, LR scheduler) into `ckpt_dir`."""
+        self.engine.save_checkpoint(Path(ckpt_dir))
+
+    @dispatch(Dispatch.ALL)
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        self.engine.load_checkpoint(Path(ckpt_dir))
+
+    @dispatch(Dispatch.RANK0)
+    def export_hf(self, out_dir: str) -> str:
+        """HF-format directory of the current weights, with the tokenizer (collective; rank 0 writes)."""
+        return str(self.engine.export_hf(Path(out_dir), tokenizer=self.tokenizer))

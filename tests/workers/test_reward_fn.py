@@ -1,0 +1,35 @@
+"""A rule-based reward function that raises, hangs or returns NaN gets a counted fallback, never a dead job."""
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from reward_fns_for_tests import flaky_reward, length_reward  # noqa: E402
+
+from rlhf.workers.reward_fn import RewardFunctionRunner  # noqa: E402
+
+
+def test_scores_come_back_in_row_order():
+    runner = RewardFunctionRunner(length_reward, timeout_s=30)
+    try:
+        assert runner(["a", "abc", ""], [None, None, None]) == [1.0, 3.0, 0.0]
+        assert runner.stats.errors == runner.stats.timeouts == 0
+    finally:
+        runner.close()
+
+
+def test_raise_hang_and_nan_give_fallbacks_and_are_counted():
+    runner = RewardFunctionRunner(flaky_reward, timeout_s=3, fallback=-1.0)
+    try:
+        runner(["warm"], ["x"])  # child start-up is not part of the measured timeout below
+        start = time.monotonic()
+        scores = runner(["ok", "raise", "hang", "nan", "ok"], ["ok", "x", "x", "x", "no"])
+        elapsed = time.monotonic() - start
+        assert scores == [1.0, -1.0, -1.0, -1.0, 0.0]
+        assert (runner.stats.errors, runner.stats.timeouts, runner.stats.non_finite) == (1, 1, 1)
+        assert any("row 1: RuntimeError: cannot score this" in e for e in runner.stats.examples)
+        assert any("row 2: no result within 3 s" in e for e in runner.stats.examples)
+        assert elapsed < 20  # the hang cost one timeout, not the 60 s sleep
+    finally:
+        runner.close()
