@@ -30,7 +30,8 @@ from rlhf.algorithms.losses import (
     ppo_policy_loss,
     value_loss,
 )
-from rlhf.algorithms.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from rlhf.algorithms.masked import explained_variance, masked_mean, masked_sum, masked_var, masked_whiten
+from rlhf.algorithms.rewards import shape_scores
 from rlhf.algorithms.registry import Registry, UnknownNameError
 
 __all__ = [
@@ -39,5 +40,5 @@ __all__ = [
     "discounted_returns", "entropy_bonus", "entropy_from_logits", "gae", "get_advantage_estimator",
     "get_policy_loss", "group_mean_std", "kl_penalized_rewards", "last_valid_index",
     "logprobs_from_logits", "masked_mean", "masked_sum", "masked_var", "masked_whiten",
-    "pairwise_reward_loss", "ppo_policy_loss", "value_loss",
+    "pairwise_reward_loss", "ppo_policy_loss", "value_loss", "explained_variance", "shape_scores",
 ]

@@ -42,3 +42,14 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 − Var(returns − values)/Var(returns) over valid entries: 1 = perfect critic, ≤ 0 = useless.
+
+    Returns 0 when the returns have no variance (nothing to explain).
+    """
+    var_returns = masked_var(returns, mask)
+    if var_returns.item() == 0:
+        return torch.zeros((), dtype=values.dtype)
+    return 1 - masked_var(returns - values, mask) / var_returns

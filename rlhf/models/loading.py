@@ -13,37 +13,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from rlhf.config.model import ModelOptions  # noqa: F401  (re-exported: models' public API)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 _TRUTHY = ("1", "true", "yes", "on")
-
-
-@dataclass
-class ModelOptions:
-    """How to load a model. Plain dataclass: the config layer maps its fields onto this."""
-
-    dtype: str = "float32"  # one of DTYPES; "auto" keeps the dtype stored in the checkpoint
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    trust_remote_code: bool = False  # allow model code shipped with a hub repo (only for repos you trust)
-    lora_rank: int = 0  # 0 = train all weights; > 0 = wrap in a LoRA adapter and train only the adapter
-    lora_alpha: float = 16.0  # LoRA scaling numerator (scale = alpha / rank)
-    lora_dropout: float = 0.0  # dropout on the LoRA branch input, in [0, 1)
-    # peft module names to adapt; "all-linear" = every Linear/Conv1D layer except the output head
-    lora_target_modules: str | list[str] = field(default="all-linear")
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"ModelOptions.dtype: got {self.dtype!r}, expected one of {sorted(DTYPES)}")
-        if self.lora_rank < 0:
-            raise ValueError(f"ModelOptions.lora_rank: must be >= 0 (0 disables LoRA), got {self.lora_rank}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"ModelOptions.lora_dropout: must be in [0, 1), got {self.lora_dropout}")
-        if self.lora_rank and self.lora_alpha <= 0:
-            raise ValueError(f"ModelOptions.lora_alpha: must be > 0, got {self.lora_alpha}")
 
 
 def load_causal_lm(name_or_path: str | Path, options: ModelOptions | None = None):
@@ -106,7 +83,7 @@ def apply_training_options(model, options: ModelOptions):
 
     is_classifier = type(model).__name__.endswith("ForSequenceClassification")
     lora = LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
-                      target_modules=options.lora_target_modules,
+                      target_modules=options.peft_target_modules(),
                       task_type="SEQ_CLS" if is_classifier else "CAUSAL_LM")
     return get_peft_model(model, lora)
 

@@ -1,0 +1,174 @@
+"""Everything one PPO run needs: models per role, prompts, sampling, algorithm, engines, placement, trainer.
+
+The structured config behind `rlhf recipe=... ppo.<field>=...`. Cross-field checks (the estimator's
+required roles, batch divisibility across data-parallel ranks) live in `PPOConfig.validate`, which
+runs before any Ray actor starts; each error names the field, the value and what is allowed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlhf.config.algorithm import AlgorithmConfig, invalid
+from rlhf.config.engine import EngineConfig
+from rlhf.config.model import ModelConfig
+from rlhf.config.placement import PlacementConfig
+
+OVERLONG_POLICIES = ("error", "truncate", "drop")
+
+
+@dataclass
+class PromptDataConfig:
+    """Where prompts come from (hub name, or local json/jsonl/parquet/csv file or directory)."""
+
+    train: str = ""  # training prompts source (required)
+    eval: str | None = None  # held-out prompts for evaluation; null = no evaluation
+    train_split: str = "train"
+    eval_split: str = "train"  # a local file is a single split; slices like "test[:200]" work
+    prompt_key: str = "prompt"  # field holding the prompt text (or chat messages)
+    reference_key: str | None = "answer"  # field holding the task's reference answer; null = none
+    use_chat_template: bool | None = None  # null: only for chat-message rows; true: wrap plain prompts too
+    max_prompt_len: int = 256  # tokens; longer prompts follow `overlong`
+    overlong: str = "truncate"  # one of OVERLONG_POLICIES (prompts are truncated from the left)
+    max_eval_prompts: int = 256  # evaluate on at most this many held-out prompts
+
+    def __post_init__(self) -> None:
+        if self.overlong not in OVERLONG_POLICIES:
+            invalid("data", "overlong", self.overlong, f"one of {list(OVERLONG_POLICIES)}")
+        if self.max_prompt_len < 1:
+            invalid("data", "max_prompt_len", self.max_prompt_len, ">= 1")
+
+
+@dataclass
+class RolloutConfig:
+    """How many responses are sampled per step, and how."""
+
+    prompts_per_step: int = 64  # P prompts per PPO step (rollout batch = P × samples_per_prompt rows)
+    samples_per_prompt: int = 1  # G responses per prompt (group size for GRPO/RLOO; ≥ 2 for them)
+    max_new_tokens: int = 64  # response length cap; responses hitting it without EOS count as truncated
+    temperature: float = 1.0  # sampling temperature (also applied to all log-probs); > 0
+    top_p: float = 1.0  # nucleus sampling; 1.0 = off
+    top_k: int = 0  # top-k sampling; 0 = off
+    stop_strings: list[str] = field(default_factory=list)  # end a response at any of these
+
+    def __post_init__(self) -> None:
+        for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                invalid("rollout", name, getattr(self, name), "an int >= 1")
+        if not self.temperature > 0:
+            invalid("rollout", "temperature", self.temperature, "> 0")
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompts_per_step * self.samples_per_prompt
+
+
+@dataclass
+class RewardRoleConfig:
+    """Where sequence scores come from."""
+
+    use_task_reward: bool = False  # true: the task's rule-based reward (RLVR); false: the reward model
+    fn_timeout_s: float = 10.0  # per-call timeout of a rule-based reward function; > 0
+    fn_fallback: float = 0.0  # score given when the function raises, hangs or returns NaN
+
+
+@dataclass
+class TaskConfig:
+    """A built-in task (`rlhf.tasks`): its verifier gives the gold reward metric (and RLVR rewards)."""
+
+    name: str | None = None  # e.g. "arithmetic"; null = no task (no gold metric)
+    kwargs: dict = field(default_factory=dict)  # task constructor arguments (e.g. digits)
+
+
+@dataclass
+class TrainerConfig:
+    """The run: length, evaluation, checkpoints, logging, fault handling."""
+
+    total_steps: int = 100  # PPO steps (each: one rollout batch, then its updates)
+    seed: int = 0  # seeds sampling, shuffling and init; a resumed run replays the same stream
+    critic_warmup_steps: int = 0  # steps at the start in which only the critic is updated
+    eval_every: int = 10  # evaluate every N steps (and before the first and after the last); 0 = only those
+    eval_temperature: float | None = None  # sampled-eval temperature; null = rollout.temperature
+    save_every: int = 10  # checkpoint every K steps (and at the end); 0 = only at the end
+    keep_last: int = 2  # checkpoints kept; older ones are deleted after a new one is complete
+    max_consecutive_bad_steps: int = 3  # stop after this many consecutive NaN/inf steps (each is skipped)
+    call_timeout_s: float = 1800.0  # any worker call longer than this is reported as hung
+    tensorboard: bool = True
+    wandb: bool = False  # Weights & Biases (offline unless WANDB_MODE/WANDB_API_KEY say otherwise)
+    wandb_project: str = "rlhf"
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        for name in ("total_steps", "keep_last", "max_consecutive_bad_steps"):
+            if getattr(self, name) < 1:
+                invalid("trainer", name, getattr(self, name), "an int >= 1")
+        for name in ("critic_warmup_steps", "eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                invalid("trainer", name, getattr(self, name), "an int >= 0")
+
+
+@dataclass
+class RoleEngines:
+    actor: EngineConfig = field(default_factory=lambda: EngineConfig(lr=1e-6))
+    critic: EngineConfig = field(default_factory=lambda: EngineConfig(lr=5e-6))
+    reward: EngineConfig = field(default_factory=EngineConfig)
+    reference: EngineConfig = field(default_factory=EngineConfig)
+    forward_micro_batch_size: int = 16  # rows per forward for log-probs/values/scores (per rank)
+
+
+@dataclass
+class PPOConfig:
+    actor: ModelConfig = field(default_factory=ModelConfig)  # also the reference unless reference.path is set
+    critic: ModelConfig = field(default_factory=ModelConfig)  # null path = the reward model (or actor) dir
+    reward: ModelConfig = field(default_factory=ModelConfig)
+    reference: ModelConfig = field(default_factory=ModelConfig)
+    reward_role: RewardRoleConfig = field(default_factory=RewardRoleConfig)
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    engines: RoleEngines = field(default_factory=RoleEngines)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def roles(self) -> list[str]:
+        """The worker groups this run creates: no critic for critic-free estimators."""
+        roles = ["actor", "reference", "reward"]
+        if self.algorithm.advantage.needs_critic:
+            roles.insert(1, "critic")
+        return roles
+
+    def critic_path(self) -> str:
+        return self.critic.path or self.reward.path or self.actor.path
+
+    def reference_path(self) -> str:
+        return self.reference.path or self.actor.path
+
+    def validate(self) -> None:
+        """Cross-field checks, run before Ray starts."""
+        if not self.actor.path:
+            invalid("ppo", "actor.path", self.actor.path, "an HF model directory or hub name")
+        if not self.data.train:
+            invalid("ppo", "data.train", self.data.train, "a prompt dataset (hub name or local file)")
+        if not self.reward_role.use_task_reward and not self.reward.path:
+            invalid("ppo", "reward.path", self.reward.path,
+                    "a reward-model directory, or set reward_role.use_task_reward=true with a task")
+        if self.reward_role.use_task_reward and not self.task.name:
+            invalid("ppo", "task.name", self.task.name, "a task name when reward_role.use_task_reward=true")
+        estimator = self.algorithm.advantage.estimator
+        if estimator in ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline") and self.rollout.samples_per_prompt < 2:
+            invalid("ppo", "rollout.samples_per_prompt", self.rollout.samples_per_prompt,
+                    f">= 2 for the group-baseline estimator {estimator!r}")
+        self._validate_batch_split()
+
+    def _validate_batch_split(self) -> None:
+        schedule = self.algorithm.update
+        for role in ("actor", "critic") if self.algorithm.advantage.needs_critic else ("actor",):
+            world = self.placement.role(role).world_size
+            if self.rollout.batch_size % world:
+                invalid("ppo", "rollout.prompts_per_step", self.rollout.prompts_per_step,
+                        f"such that prompts_per_step × samples_per_prompt ({self.rollout.batch_size}) is "
+                        f"divisible by the {role}'s data-parallel size ({world})")
+            schedule.grad_accum_steps(self.rollout.batch_size // world)
+        if self.rollout.prompts_per_step < self.placement.actor.world_size:
+            invalid("ppo", "rollout.prompts_per_step", self.rollout.prompts_per_step,
+                    f">= the actor's data-parallel size ({self.placement.actor.world_size})")
