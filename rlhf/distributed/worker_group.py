@@ -84,7 +84,7 @@ class GroupCall:
         values = wait_all(self.role, self.method, self.refs, self.timeout_s)
         if self.mode is Dispatch.SPLIT:
             return concat_results(values)
-        return values[0] if self.mode is Dispatch.RANK0 else values
+        return values[0] if self.mode in (Dispatch.RANK0, Dispatch.SPLIT_RANK0) else values
 
 
 def wait_all(role: str, method: str, refs: list[ray.ObjectRef], timeout_s: float) -> list[Any]:
@@ -141,7 +141,7 @@ class WorkerGroup:
     def call_async(self, method: str, *args, timeout_s: float | None = None, **kwargs) -> GroupCall:
         """Start `method` on every rank per its declared dispatch; `.result()` waits and gathers."""
         mode = dispatch_mode(self.worker_cls, method)
-        if mode is Dispatch.SPLIT:
+        if mode in (Dispatch.SPLIT, Dispatch.SPLIT_RANK0):
             if not args:
                 raise TypeError(f"{self.role}.{method} is a SPLIT method: pass the data as first argument")
             shards = split_arg(args[0], self.world_size)

@@ -5,6 +5,7 @@ EOS), so no weight sync is needed in this layout (DESIGN.md §5).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -33,8 +34,12 @@ class ActorWorker(TrainableWorker):
 
     @dispatch(Dispatch.SPLIT)
     def generate(self, items: list[tuple[str, Any]], params: SamplingParams) -> RolloutBatch:
-        """Sample `params.n` responses per (prompt, reference) item of this rank's shard."""
+        """Sample `params.n` responses per (prompt, reference) item of this rank's shard.
+
+        A seeded call gives every rank its own stream (seed + rank), a function of the seed only."""
         self.engine.eval()
+        if params.seed is not None:
+            params = dataclasses.replace(params, seed=params.seed + 7919 * self.rank)
         prompts = [prompt for prompt, _ in items]
         references = [reference for _, reference in items]
         batch = generate_rollouts(self.engine.module, self.tokenizer, prompts, params, references=references,

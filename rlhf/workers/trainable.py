@@ -57,6 +57,7 @@ class TrainableWorker(BaseWorker):
         schedule.grad_accum_steps(rows)  # validates that the shard divides evenly
         sums, optimizer_stats = MetricSums(), MetricSums()
         loss_sum = 0.0  # Σ of this rank's micro-batch losses; Σ over ranks = Σ of minibatch losses
+        torch.manual_seed(self._stream_seed(step, -1))  # dropout etc.: replayable after a resume
         self.engine.train()
         for epoch in range(schedule.epochs):
             order = self._row_order(rows, schedule.shuffle, step, epoch)
@@ -81,11 +82,14 @@ class TrainableWorker(BaseWorker):
         run replays exactly the order of the uninterrupted one."""
         if not shuffle:
             return torch.arange(rows)
+        generator = torch.Generator().manual_seed(self._stream_seed(step, epoch))
+        return torch.randperm(rows, generator=generator)
+
+    def _stream_seed(self, step: int, epoch: int) -> int:
         mixed = self.seed
         for part in (self.rank, step, epoch):
             mixed = (mixed * 1_000_003 + part) % (2 ** 61 - 1)
-        generator = torch.Generator().manual_seed(mixed)
-        return torch.randperm(rows, generator=generator)
+        return mixed
 
     def _global_counts(self, minibatch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         local = torch.tensor([minibatch.mask_BT.sum().item(), (minibatch.mask_BT.sum(-1) > 0).sum().item()],
