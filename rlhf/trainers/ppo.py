@@ -1,0 +1,348 @@
+"""The PPO controller: one process driving the actor, critic, reward and reference worker groups.
+
+One step (DESIGN.md §3), as `train_step` reads:
+    rollout   actor samples G responses for each of P prompts        → tokens, old log-probs, mask
+    score     reference log-probs, critic values, reward scores      (concurrently)
+    advantage KL-penalized token rewards → GAE (or a critic-free estimator) → whitening
+    update    actor PPO-clip and critic value regression             (concurrently)
+How this departs from the paper: log-probs are computed at the sampling temperature, losses use a
+global token normalizer, and the critic may warm up alone for the first steps.
+
+The controller never waits on Ray itself: worker groups (`rlhf.distributed`) return futures, so the
+same code runs on in-process fake groups in tests. Every K steps a checkpoint holds the actor and
+critic training state and the controller state (step, KL controller, data position); a resumed run
+replays exactly the uninterrupted one because every random stream is a function of (seed, step, rank).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhf.algorithms import (AdaptiveKLController, FixedKLController, explained_variance, gae,
+                             get_advantage_estimator, kl_penalized_rewards, masked_mean, masked_whiten,
+                             shape_scores)
+from rlhf.config.ppo import PPOConfig
+from rlhf.data.batch import RolloutBatch
+from rlhf.data.sampler import ResumableSampler
+from rlhf.models import SamplingParams
+from rlhf.trainers.checkpoint import CheckpointManager
+from rlhf.trainers.faults import maybe_crash
+from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summary_table, write_summary
+
+logger = logging.getLogger(__name__)
+
+PLOT_KEYS = ["reward/mean", "gold/mean", "kl/mean", "eval/gold_sampled", "eval/gold_greedy", "actor/loss",
+             "critic/loss", "actor/entropy", "actor/clip_frac", "critic/explained_variance"]
+
+
+class NonFiniteRunError(FloatingPointError):
+    """Too many consecutive steps had NaN/inf rewards, values or log-probs."""
+
+
+@dataclass
+class ControllerState:
+    """Everything besides the model/optimizer states needed to continue a run exactly."""
+
+    step: int = 0  # PPO steps completed
+    kl_controller: dict = field(default_factory=dict)
+    sampler: dict = field(default_factory=dict)
+    consecutive_bad_steps: int = 0
+    bad_steps: int = 0
+    initial_eval: dict = field(default_factory=dict)
+
+
+class PPOTrainer:
+    """Runs `cfg` with worker `groups` (Ray `RoleGroups` or in-process fakes) writing into `stage_dir`.
+
+    `train_prompts` / `eval_prompts` are sequences of PromptExample-like items (`.input_ids`,
+    `.reference`); `run_dir` holds the run-wide metrics.jsonl and summary.json.
+    """
+
+    def __init__(self, cfg: PPOConfig, groups, train_prompts, eval_prompts=None, *, run_dir: str | Path,
+                 stage: str = "ppo") -> None:
+        self.cfg, self.groups, self.stage = cfg, groups, stage
+        self.train_prompts, self.eval_prompts = train_prompts, list(eval_prompts or [])
+        self.run_dir = Path(run_dir)
+        self.stage_dir = self.run_dir / stage
+        self.checkpoints = CheckpointManager(self.stage_dir / "checkpoints", cfg.trainer.keep_last)
+        self.sampler = ResumableSampler(len(train_prompts), cfg.rollout.prompts_per_step, seed=cfg.trainer.seed,
+                                        drop_last=True)
+        kl = cfg.algorithm.kl
+        self.kl_ctl = AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.adaptive else FixedKLController(kl.coef)
+        self.state = ControllerState()
+        self.metrics: MetricsLogger | None = None
+
+    # --- the run -------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        """Train for `trainer.total_steps`, evaluating and checkpointing on schedule; returns the summary."""
+        resume_step = None
+        if resume:  # records after the checkpoint (or all of them, if none) belong to the lost attempt
+            resume_step = self.state.step if self.restore_latest() else -1
+        self.metrics = MetricsLogger(self.run_dir, self.stage, tensorboard=self.cfg.trainer.tensorboard,
+                                     wandb=self.cfg.trainer.wandb, wandb_project=self.cfg.trainer.wandb_project,
+                                     total_steps=self.cfg.trainer.total_steps, progress=self.cfg.trainer.progress,
+                                     config=_jsonable(asdict(self.cfg)), resume_step=resume_step)
+        try:
+            if self.state.step == 0 and not self.state.initial_eval:
+                self.state.initial_eval = self.evaluate()
+                self.metrics.log(0, self.state.initial_eval)
+            while self.state.step < self.cfg.trainer.total_steps:
+                step = self.state.step + 1
+                metrics = self.train_step(step)
+                if self._due(step, self.cfg.trainer.eval_every):
+                    metrics.update(self.evaluate())
+                self.metrics.log(step, metrics)
+                self.state.step = step
+                maybe_crash("after_step", step)
+                if self._due(step, self.cfg.trainer.save_every):
+                    self.save_checkpoint()
+            return self.finish()
+        finally:
+            self.metrics.close()
+
+    def _due(self, step: int, every: int) -> bool:
+        return step == self.cfg.trainer.total_steps or (every > 0 and step % every == 0)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One PPO step: rollout → score → advantages → update. A step with non-finite numbers is skipped."""
+        timer = StageTimer()
+        with timer("generate"):
+            batch = self.rollout(step)
+        with timer("score"):
+            batch = self.score(batch)
+        with timer("advantages"):
+            batch = self.compute_advantages(batch)
+        metrics = self.rollout_metrics(batch)
+        if not self._finite(batch, metrics):
+            return {**metrics, **timer.metrics(), "bad_steps": float(self.state.bad_steps), "skipped": 1.0}
+        with timer("update"):
+            metrics.update(self.update(batch, step))
+        self.kl_ctl.update(metrics["kl/mean"], len(batch))
+        tokens = float(batch.mask_BT.sum())
+        return {**metrics, **timer.metrics(), "perf/tokens_per_s": tokens / max(timer.total, 1e-9),
+                "bad_steps": float(self.state.bad_steps), "skipped": 0.0}
+
+    # --- stages --------------------------------------------------------------------------------
+    def rollout(self, step: int) -> RolloutBatch:
+        """Actor generates `samples_per_prompt` responses for the next prompt batch."""
+        examples = [self.train_prompts[i] for i in self.sampler.next_batch()]
+        params = self._sampling(seed=_mix(self.cfg.trainer.seed, step))
+        batch = self.groups["actor"].call("generate", [(list(e.input_ids), e.reference) for e in examples], params)
+        # Each rank numbered its own prompts: renumber globally (rows keep prompt-major order).
+        batch.group_ids_B = torch.arange(len(examples)).repeat_interleave(params.n)
+        return batch
+
+    def score(self, batch: RolloutBatch) -> RolloutBatch:
+        """Reference log-probs, critic values and reward scores, computed concurrently."""
+        temperature = self.cfg.rollout.temperature
+        ref = self.groups["reference"].call_async("logprobs", batch, temperature)
+        values = self.groups["critic"].call_async("values", batch) if "critic" in self.groups else None
+        scores = self.groups["reward"].call_async("score", batch)
+        batch.ref_logprobs_BT = ref.result()
+        batch.values_BT = values.result() if values is not None else None
+        scored = scores.result()
+        batch.scores_B, batch.gold_B = scored["scores_B"].float(), scored["gold_B"].float()
+        return batch
+
+    def compute_advantages(self, batch: RolloutBatch) -> RolloutBatch:
+        """KL-penalized token rewards, then advantages and returns (GAE, or a critic-free estimator)."""
+        algo = self.cfg.algorithm
+        shaped_B = shape_scores(batch.scores_B, batch.truncated_B, algo.reward.normalize_mean,
+                                algo.reward.normalize_std, algo.reward.clip, algo.reward.missing_eos_penalty)
+        kl_coef = self.kl_ctl.value if algo.kl.in_reward else 0.0
+        batch.rewards_BT, batch.kl_BT = kl_penalized_rewards(shaped_B, batch.old_logprobs_BT, batch.ref_logprobs_BT,
+                                                             batch.mask_BT, kl_coef, algo.kl.estimator)
+        adv = algo.advantage
+        if adv.needs_critic:
+            advantages_BT, batch.returns_BT = gae(batch.rewards_BT, batch.values_BT, batch.mask_BT, adv.gamma, adv.lam)
+            if adv.whiten:
+                advantages_BT = masked_whiten(advantages_BT, batch.mask_BT)
+        else:  # critic-free estimators normalise within groups / the batch themselves
+            advantages_BT, batch.returns_BT = get_advantage_estimator(adv.estimator)(
+                batch.rewards_BT, batch.mask_BT, batch.group_ids_B, adv.gamma, adv.eps)
+        batch.advantages_BT = advantages_BT
+        batch.extra["shaped_scores_mean"] = float(shaped_B.mean())
+        return batch
+
+    def update(self, batch: RolloutBatch, step: int) -> dict[str, float]:
+        """Actor and critic updates, concurrently; only the critic during its warm-up steps."""
+        algo = self.cfg.algorithm
+        critic = None
+        if "critic" in self.groups:
+            critic = self.groups["critic"].call_async("update", batch, algo.value_loss, algo.update, step)
+        actor = None
+        if step > self.cfg.trainer.critic_warmup_steps:
+            actor = self.groups["actor"].call_async("update", batch, algo.policy_loss, algo.update, step,
+                                                    self.cfg.rollout.temperature)
+        metrics = {}
+        if critic is not None:
+            metrics.update(critic.result())
+        if actor is not None:
+            metrics.update(actor.result())
+        return metrics
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Greedy and sampled responses on the held-out prompts: reward-model score and gold accuracy."""
+        if not self.eval_prompts:
+            return {}
+        items = [(list(e.input_ids), e.reference) for e in self.eval_prompts]
+        temperature = self.cfg.trainer.eval_temperature or self.cfg.rollout.temperature
+        out = {}
+        for name, params in (("greedy", self._sampling(seed=0, greedy=True, n=1)),
+                             ("sampled", self._sampling(seed=_mix(self.cfg.trainer.seed, -1), n=1,
+                                                        temperature=temperature))):
+            batch = self.groups["actor"].call("generate", items, params)
+            scored = self.groups["reward"].call("score", batch)
+            out[f"eval/reward_{name}"] = float(scored["scores_B"].float().mean())
+            gold_B = scored["gold_B"].float()
+            if not torch.isnan(gold_B).all():
+                out[f"eval/gold_{name}"] = float(gold_B.mean())
+            out[f"eval/response_length_{name}"] = float(batch.mask_BT.sum(-1).mean())
+        return out
+
+    # --- metrics and checks ---------------------------------------------------------------------
+    def rollout_metrics(self, batch: RolloutBatch) -> dict[str, float]:
+        mask_BT = batch.mask_BT
+        lengths_B = mask_BT.sum(-1)
+        kl_B = batch.kl_BT.sum(-1)
+        m = {
+            "reward/mean": float(batch.scores_B.mean()), "reward/std": float(batch.scores_B.std(unbiased=False)),
+            "reward/shaped_mean": batch.extra["shaped_scores_mean"],
+            "kl/mean": float(kl_B.mean()), "kl/coef": float(self.kl_ctl.value),
+            "advantages/mean": float(masked_mean(batch.advantages_BT, mask_BT)),
+            "advantages/std": float(masked_mean(batch.advantages_BT.square(), mask_BT).sqrt()),
+            "returns/mean": float(masked_mean(batch.returns_BT, mask_BT)),
+            "response_length/mean": float(lengths_B.mean()), "response_length/max": float(lengths_B.max()),
+            "response_length/truncated_frac": float(batch.truncated_B.float().mean()),
+        }
+        if not torch.isnan(batch.gold_B).all():
+            m["gold/mean"] = float(batch.gold_B.mean())
+        if batch.values_BT is not None:
+            m["critic/values_mean"] = float(masked_mean(batch.values_BT, mask_BT))
+            m["critic/explained_variance"] = float(explained_variance(batch.values_BT, batch.returns_BT, mask_BT))
+        return m
+
+    def _finite(self, batch: RolloutBatch, metrics: dict[str, float]) -> bool:
+        """False (and counted) when any number the update would use is NaN/inf."""
+        tensors = [batch.scores_B, batch.old_logprobs_BT, batch.ref_logprobs_BT, batch.advantages_BT,
+                   batch.returns_BT] + ([batch.values_BT] if batch.values_BT is not None else [])
+        if all(bool(torch.isfinite(t).all()) for t in tensors):
+            self.state.consecutive_bad_steps = 0
+            return True
+        self.state.bad_steps += 1
+        self.state.consecutive_bad_steps += 1
+        logger.warning("step skipped: non-finite rewards/values/log-probs (%d consecutive)",
+                       self.state.consecutive_bad_steps)
+        if self.state.consecutive_bad_steps >= self.cfg.trainer.max_consecutive_bad_steps:
+            latest = self.checkpoints.latest()
+            raise NonFiniteRunError(
+                f"{self.state.consecutive_bad_steps} consecutive steps had NaN/inf rewards, values or log-probs "
+                f"(trainer.max_consecutive_bad_steps={self.cfg.trainer.max_consecutive_bad_steps}); "
+                f"the last good checkpoint is {latest or 'none yet'}")
+        return False
+
+    def _sampling(self, seed: int, greedy: bool = False, n: int | None = None,
+                  temperature: float | None = None) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(max_new_tokens=r.max_new_tokens, temperature=temperature or r.temperature,
+                              top_p=r.top_p, top_k=r.top_k, greedy=greedy, n=n or r.samples_per_prompt,
+                              stop_strings=tuple(r.stop_strings), seed=seed)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        step = self.state.step
+        self.state.kl_controller = self.kl_ctl.state_dict()
+        self.state.sampler = self.sampler.state_dict()
+
+        def write(directory: Path) -> None:
+            for role in ("actor", "critic"):
+                if role in self.groups:
+                    self.groups[role].call("save_checkpoint", str(directory / role))
+                    maybe_crash(f"checkpoint_write_{role}", step)
+            (directory / "controller.json").write_text(json.dumps(asdict(self.state), indent=1))
+
+        return self.checkpoints.save(step, write)
+
+    def restore_latest(self) -> bool:
+        """Load the newest complete checkpoint (partial ones are deleted); False if there is none."""
+        removed = self.checkpoints.remove_partial()
+        if removed:
+            logger.warning("removed incomplete checkpoint(s) left by a crash: %s", [p.name for p in removed])
+        latest = self.checkpoints.latest()
+        if latest is None:
+            return False
+        for role in ("actor", "critic"):
+            if role in self.groups:
+                self.groups[role].call("load_checkpoint", str(latest / role))
+        self.state = ControllerState(**json.loads((latest / "controller.json").read_text()))
+        self.kl_ctl.load_state_dict(self.state.kl_controller)
+        self.sampler.load_state_dict(self.state.sampler)
+        logger.info("resumed from %s (step %d)", latest, self.state.step)
+        return True
+
+    # --- the end -------------------------------------------------------------------------------
+    def finish(self) -> dict[str, float]:
+        """Export HF directories, plot the curves, write and print the summary."""
+        final = self.stage_dir / "final"
+        self.groups["actor"].call("export_hf", str(final))
+        if "critic" in self.groups:
+            self.groups["critic"].call("export_hf", str(self.stage_dir / "final_critic"))
+        history = read_jsonl(self.run_dir / "metrics.jsonl", stage=self.stage)  # includes steps before a resume
+        last_eval = next((r for r in reversed(history) if any(k.startswith("eval/") for k in r)), {})
+        summary = {"steps": self.state.step, "bad_steps": self.state.bad_steps}
+        for name in ("gold_sampled", "gold_greedy", "reward_sampled", "reward_greedy"):
+            key = f"eval/{name}"
+            if key in self.state.initial_eval or key in last_eval:
+                label = {"gold_sampled": "gold_reward", "gold_greedy": "gold_greedy",
+                         "reward_sampled": "eval_reward", "reward_greedy": "eval_reward_greedy"}[name]
+                summary[f"{label}_initial"] = self.state.initial_eval.get(key, math.nan)
+                summary[f"{label}_final"] = last_eval.get(key, math.nan)
+        plot_curves(history, PLOT_KEYS, self.stage_dir / "curves.png")
+        write_summary(self.run_dir / "summary.json", self.stage, summary)
+        print(summary_table(summary, title=f"{self.stage} summary"))
+        return summary
+
+
+class StageTimer:
+    """Wall time per named stage of a step, reported as `time/<stage>` seconds."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[name] = timer.seconds.get(name, 0.0) + time.perf_counter() - self.start
+
+        return _Span()
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def metrics(self) -> dict[str, float]:
+        return {**{f"time/{k}": v for k, v in self.seconds.items()}, "time/step": self.total}
+
+
+def _mix(*parts: int) -> int:
+    """A deterministic 31-bit seed from integers (not Python's salted hash)."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + part) % (2 ** 31 - 1)
+    return value
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,58 @@
+"""Turning a PPOConfig into running worker groups: placement plan, Ray actors, loaded models."""
+from __future__ import annotations
+
+from rlhf.config.ppo import PPOConfig
+from rlhf.distributed.placement import PlacementPlan, cluster_from_ray, plan_placement
+from rlhf.distributed.worker_group import RoleGroups
+from rlhf.workers.actor import ActorWorker
+from rlhf.workers.critic import CriticWorker
+from rlhf.workers.reference import ReferenceWorker
+from rlhf.workers.reward import RewardWorker
+
+WORKER_CLASSES = {"actor": ActorWorker, "critic": CriticWorker, "reference": ReferenceWorker,
+                  "reward": RewardWorker}
+
+
+def make_plan(cfg: PPOConfig, use_running_cluster: bool = True) -> PlacementPlan:
+    """The placement plan, checked against `cfg.placement.cluster` or (if empty) the Ray cluster."""
+    cluster = cfg.placement.cluster or (cluster_from_ray() if use_running_cluster else None)
+    return plan_placement(cfg.placement, cfg.roles(), cluster=cluster)
+
+
+def start_worker_groups(cfg: PPOConfig, env_vars: dict[str, str] | None = None) -> RoleGroups:
+    """Create every role's worker group and load its model (Ray must be initialised)."""
+    plan = make_plan(cfg)
+    roles = cfg.roles()
+    groups = RoleGroups.create(plan, {r: WORKER_CLASSES[r] for r in roles}, seed=cfg.trainer.seed,
+                               env_vars=env_vars, call_timeout_s=cfg.trainer.call_timeout_s)
+    try:
+        init_models(cfg, groups)
+    except BaseException:
+        groups.shutdown()
+        raise
+    return groups
+
+
+def init_models(cfg: PPOConfig, groups) -> None:
+    """Load each role's model on its ranks (concurrently across roles)."""
+    schedule, engines = cfg.algorithm.update, cfg.engines
+    batch = cfg.rollout.batch_size
+    fwd = engines.forward_micro_batch_size
+    tokenizer = cfg.actor.tokenizer_path
+    pending = []
+    actor_accum = schedule.grad_accum_steps(batch // cfg.placement.actor.world_size)
+    pending.append(groups["actor"].call_async("init_model", cfg.actor.path, cfg.actor.options, engines.actor,
+                                              schedule.micro_batch_size, actor_accum, tokenizer))
+    if "critic" in groups:
+        critic_accum = schedule.grad_accum_steps(batch // cfg.placement.critic.world_size)
+        pending.append(groups["critic"].call_async(
+            "init_model", cfg.critic_path(), cfg.critic.options, engines.critic, schedule.micro_batch_size,
+            critic_accum, cfg.critic.tokenizer_path or tokenizer))
+    pending.append(groups["reference"].call_async("init_model", cfg.reference_path(), cfg.reference.options,
+                                                  engines.reference, fwd))
+    pending.append(groups["reward"].call_async(
+        "init_model", cfg.reward.path or None, cfg.reward.options, engines.reward, fwd, task=cfg.task.name,
+        task_kwargs=dict(cfg.task.kwargs), use_task_reward=cfg.reward_role.use_task_reward,
+        reward_fn_timeout_s=cfg.reward_role.fn_timeout_s, reward_fn_fallback=cfg.reward_role.fn_fallback))
+    for call in pending:
+        call.result()

@@ -1,0 +1,67 @@
+"""The PPO stage end to end: validate the config, start Ray and the worker groups, load prompts, train.
+
+    summary = run_ppo(cfg, run_dir="outputs/run1")            # fresh run
+    summary = run_ppo(cfg, run_dir="outputs/run1", resume=True)  # continue from the last checkpoint
+
+Validation (config fields, placement against the cluster) happens before any actor starts. On a
+worker failure the run stops with the error (role, rank, method), the worker groups are shut down,
+and the last complete checkpoint stays on disk for `resume=True`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from rlhf.config.ppo import PPOConfig
+from rlhf.data.prompts import PromptDataset
+from rlhf.models import load_tokenizer
+from rlhf.trainers.ppo import PPOTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def load_prompts(cfg: PPOConfig):
+    """(train, eval) PromptDatasets tokenized with the actor's tokenizer."""
+    tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, padding_side="left")
+    data = cfg.data
+    common = dict(prompt_key=data.prompt_key, reference_key=data.reference_key,
+                  use_chat_template=data.use_chat_template, max_prompt_len=data.max_prompt_len,
+                  overlong=data.overlong)
+    train = PromptDataset(data.train, tokenizer, split=data.train_split, **common)
+    if len(train) < cfg.rollout.prompts_per_step:
+        raise ValueError(f"data.train has {len(train)} usable prompts, fewer than rollout.prompts_per_step="
+                         f"{cfg.rollout.prompts_per_step}")
+    evaluation = None
+    if data.eval:
+        evaluation = PromptDataset(data.eval, tokenizer, split=data.eval_split, **common)
+        evaluation = [evaluation[i] for i in range(min(len(evaluation), data.max_eval_prompts))]
+    return train, evaluation
+
+
+def init_ray(num_cpus: float | None = None) -> None:
+    """Join the Ray cluster named by RAY_ADDRESS, or start a local one bound to loopback."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR")
+    else:
+        ray.init(num_cpus=num_cpus, logging_level="ERROR", include_dashboard=False)
+
+
+def run_ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, stage: str = "ppo") -> dict[str, float]:
+    """Run (or resume) the PPO stage of `cfg` in `run_dir`; returns its summary."""
+    from rlhf.trainers.ppo_setup import start_worker_groups
+
+    cfg.validate()
+    train, evaluation = load_prompts(cfg)
+    init_ray()
+    groups = start_worker_groups(cfg)
+    try:
+        trainer = PPOTrainer(cfg, groups, train, evaluation, run_dir=run_dir, stage=stage)
+        return trainer.fit(resume=resume)
+    finally:
+        groups.shutdown()

@@ -1,0 +1,210 @@
+"""The PPO controller on in-process fake worker groups: stage order, the batch fields each stage adds,
+critic-free runs, critic warm-up, and NaN handling. No Ray, no models: fast and exact."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ppo_fixtures import small_config  # noqa: E402
+
+from rlhf.data.batch import RolloutBatch  # noqa: E402
+from rlhf.distributed.local import LocalRoleGroups, LocalWorkerGroup  # noqa: E402
+from rlhf.trainers.ppo import NonFiniteRunError, PPOTrainer  # noqa: E402
+from rlhf.workers.base import Dispatch, dispatch  # noqa: E402
+
+T = 3  # response tokens
+
+
+class Prompt:
+    def __init__(self, i):
+        self.input_ids, self.reference = [10 + i % 7, 11], str(i)
+
+
+class Recorder:
+    """Remembers, in order, which role method ran and which batch fields were set when it ran."""
+
+    def __init__(self):
+        self.calls = []
+
+    def note(self, role, method, batch=None):
+        fields = None if batch is None else sorted(
+            k for k, v in vars(batch).items() if v is not None and k not in ("extra",))
+        self.calls.append((role, method, fields))
+
+
+class FakeActor:
+    def __init__(self, rec, nan_steps=()):
+        self.rec, self.nan_steps, self.updates, self.generations = rec, set(nan_steps), [], 0
+
+    @dispatch(Dispatch.SPLIT)
+    def generate(self, items, params):
+        self.generations += 1
+        B = len(items) * params.n
+        g = torch.Generator().manual_seed(params.seed)
+        mask = torch.ones(B, T)
+        mask[0, 2:] = 0  # one short response
+        batch = RolloutBatch(input_ids_BS=torch.randint(4, 20, (B, 2 + T), generator=g),
+                             attention_mask_BS=torch.ones(B, 2 + T, dtype=torch.long), mask_BT=mask,
+                             old_logprobs_BT=-torch.rand(B, T, generator=g) * mask,
+                             group_ids_B=torch.arange(len(items)).repeat_interleave(params.n),
+                             truncated_B=torch.zeros(B, dtype=torch.bool),
+                             responses=["x"] * B, references=[r for _, r in items for _ in range(params.n)])
+        self.rec.note("actor", "generate", batch)
+        return batch
+
+    @dispatch(Dispatch.SPLIT_RANK0)
+    def update(self, batch, loss_cfg, schedule, step, temperature=1.0):
+        self.rec.note("actor", "update", batch)
+        self.updates.append(step)
+        return {"actor/loss": 0.5, "actor/clip_frac": 0.0, "actor/entropy": 1.0}
+
+    @dispatch(Dispatch.RANK0)
+    def export_hf(self, out_dir):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return out_dir
+
+    @dispatch(Dispatch.ALL)
+    def save_checkpoint(self, d):
+        Path(d).mkdir(parents=True)
+        (Path(d) / "weights").write_text(str(self.updates))
+
+    @dispatch(Dispatch.ALL)
+    def load_checkpoint(self, d):
+        self.updates = json.loads((Path(d) / "weights").read_text())
+
+
+class FakeCritic(FakeActor):
+    @dispatch(Dispatch.SPLIT)
+    def values(self, batch):
+        self.rec.note("critic", "values", batch)
+        return torch.full(batch.mask_BT.shape, 0.1) * batch.mask_BT
+
+    @dispatch(Dispatch.SPLIT_RANK0)
+    def update(self, batch, loss_cfg, schedule, step):
+        self.rec.note("critic", "update", batch)
+        self.updates.append(step)
+        return {"critic/loss": 0.1, "critic/value_clip_frac": 0.0}
+
+
+class FakeReference:
+    def __init__(self, rec):
+        self.rec = rec
+
+    @dispatch(Dispatch.SPLIT)
+    def logprobs(self, batch, temperature):
+        self.rec.note("reference", "logprobs", batch)
+        return batch.old_logprobs_BT - 0.1 * batch.mask_BT
+
+
+class FakeReward:
+    def __init__(self, rec, nan_steps=()):
+        self.rec, self.nan_steps, self.calls = rec, set(nan_steps), 0
+
+    @dispatch(Dispatch.SPLIT)
+    def score(self, batch):
+        self.rec.note("reward", "score", batch)
+        self.calls += 1
+        scores = torch.arange(len(batch), dtype=torch.float32)
+        if self.calls in self.nan_steps:
+            scores[1] = float("nan")
+        return {"scores_B": scores, "gold_B": (scores % 2 == 0).float()}
+
+
+def make(tmp_path, with_critic=True, nan_calls=(), **overrides):
+    assets = {"lm": "unused", "rm": "unused", "train": "unused", "eval": "unused"}
+    cfg = small_config(assets, trainer__tensorboard=False, **overrides)
+    if not with_critic:
+        cfg.algorithm.advantage.estimator = "grpo"
+    rec = Recorder()
+    groups = LocalRoleGroups(actor=LocalWorkerGroup("actor", [FakeActor(rec)]),
+                             reference=LocalWorkerGroup("reference", [FakeReference(rec)]),
+                             reward=LocalWorkerGroup("reward", [FakeReward(rec, nan_calls)]))
+    if with_critic:
+        groups["critic"] = LocalWorkerGroup("critic", [FakeCritic(rec)])
+    trainer = PPOTrainer(cfg, groups, [Prompt(i) for i in range(16)], [Prompt(100 + i) for i in range(4)],
+                         run_dir=tmp_path)
+    return trainer, rec, groups
+
+
+def test_stage_order_and_fields_each_stage_adds(tmp_path):
+    trainer, rec, _ = make(tmp_path, trainer__total_steps=1, trainer__eval_every=0)
+    rec.calls.clear()
+    metrics = trainer.train_step(1)
+    order = [(role, method) for role, method, _ in rec.calls]
+    assert order[0] == ("actor", "generate")
+    assert set(order[1:4]) == {("reference", "logprobs"), ("critic", "values"), ("reward", "score")}
+    assert set(order[4:]) == {("critic", "update"), ("actor", "update")}
+    fields = {(role, method): f for role, method, f in rec.calls}
+    scored = {"ref_logprobs_BT", "values_BT", "scores_B", "gold_B"}
+    advantage = {"rewards_BT", "kl_BT", "advantages_BT", "returns_BT"}
+    assert not (scored | advantage) & set(fields[("reference", "logprobs")])
+    assert (scored | advantage) <= set(fields[("actor", "update")])
+    assert (scored | advantage) <= set(fields[("critic", "update")])
+    for key in ("reward/mean", "kl/mean", "kl/coef", "advantages/mean", "returns/mean", "response_length/mean",
+                "response_length/max", "response_length/truncated_frac", "critic/explained_variance",
+                "gold/mean", "time/generate", "time/score", "time/update", "perf/tokens_per_s"):
+        assert key in metrics, key
+
+
+def test_critic_free_run_has_no_critic_and_uses_group_advantages(tmp_path):
+    trainer, rec, groups = make(tmp_path, with_critic=False, trainer__total_steps=1, trainer__eval_every=0)
+    assert "critic" not in groups and trainer.cfg.roles() == ["actor", "reference", "reward"]
+    rec.calls.clear()
+    trainer.train_step(1)
+    assert all(role != "critic" for role, _, _ in rec.calls)
+
+
+def test_critic_warmup_updates_only_the_critic_first(tmp_path):
+    trainer, _, groups = make(tmp_path, trainer__total_steps=3, trainer__critic_warmup_steps=2,
+                              trainer__eval_every=0, trainer__save_every=0)
+    trainer.fit()
+    assert groups["critic"].workers[0].updates == [1, 2, 3]
+    assert groups["actor"].workers[0].updates == [3]
+
+
+def test_non_finite_scores_skip_the_step_and_repeated_ones_stop_the_run(tmp_path):
+    # Reward calls: 1 = initial eval greedy, 2 = eval sampled, then one per training step (3 = step 1).
+    trainer, _, groups = make(tmp_path, nan_calls={4}, trainer__total_steps=3, trainer__eval_every=0,
+                              trainer__save_every=0)
+    trainer.fit()
+    assert groups["actor"].workers[0].updates == [1, 3]  # step 2 skipped
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    step2 = next(r for r in records if r["step"] == 2)
+    assert step2["skipped"] == 1.0 and step2["bad_steps"] == 1.0
+    trainer, _, _ = make(tmp_path / "again", nan_calls={3, 4, 5}, trainer__total_steps=5, trainer__eval_every=0,
+                         trainer__max_consecutive_bad_steps=3)
+    with pytest.raises(NonFiniteRunError, match="3 consecutive steps"):
+        trainer.fit()
+
+
+def test_kl_penalty_and_scores_reach_the_rewards(tmp_path):
+    trainer, _, _ = make(tmp_path, trainer__total_steps=1)
+    batch = trainer.score(trainer.rollout(1))
+    batch = trainer.compute_advantages(batch)
+    kl_coef = trainer.cfg.algorithm.kl.coef
+    # k1 KL = old - ref = 0.1 per valid token; the score sits at each row's last valid token.
+    torch.testing.assert_close(batch.kl_BT, 0.1 * batch.mask_BT)
+    expected = -kl_coef * batch.kl_BT
+    expected[torch.arange(len(batch)), batch.mask_BT.sum(-1).long() - 1] += batch.scores_B
+    torch.testing.assert_close(batch.rewards_BT, expected)
+
+
+def test_checkpoint_resume_restores_controller_state(tmp_path):
+    trainer, _, groups = make(tmp_path, trainer__total_steps=2, trainer__eval_every=0, trainer__save_every=1)
+    trainer.fit()
+    assert [p.name for p in trainer.checkpoints.complete_checkpoints()] == ["step_00000001", "step_00000002"]
+    state = json.loads((trainer.checkpoints.latest() / "controller.json").read_text())
+    assert state["step"] == 2 and state["sampler"]["position"] == 8
+    # A fresh controller with more steps resumes at step 2 and replays the data order.
+    again, _, groups2 = make(tmp_path, trainer__total_steps=3, trainer__eval_every=0, trainer__save_every=1)
+    summary = again.fit(resume=True)
+    assert groups2["actor"].workers[0].updates == [1, 2, 3]
+    assert summary["steps"] == 3
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
+    assert math.isfinite(json.loads((tmp_path / "summary.json").read_text())["ppo"]["gold_reward_final"])
