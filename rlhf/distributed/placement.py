@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlhf.config.placement import NodeSpec, PlacementConfig
+from rlhf.config.placement import NodeSpec, PlacementConfig, RolePlacement
 
 
 class PlanError(ValueError):
@@ -74,41 +74,44 @@ class PlacementPlan:
 
 def plan_placement(config: PlacementConfig, roles: list[str] | tuple[str, ...],
                    cluster: list[NodeSpec] | None = None) -> PlacementPlan:
-    """Build the plan for the active `roles` and, if `cluster` is given, check that it fits."""
-    groups = _device_groups(config, roles)
-    slots = [slot for g in groups for slot in _group_slots(config, g)]
-    plan = PlacementPlan(groups=groups, slots=slots, use_gpu=config.use_gpu)
+    """Build the plan for the active PPO `roles` and, if `cluster` is given, check that it fits."""
+    return plan_roles({role: config.role(role) for role in roles}, config.use_gpu, cluster)
+
+
+def plan_roles(roles: dict[str, RolePlacement], use_gpu: bool, cluster: list[NodeSpec] | None = None) -> PlacementPlan:
+    """Plan any named roles (e.g. the single "sft" or "rm" role of a supervised stage)."""
+    groups = _device_groups(roles, use_gpu)
+    slots = [slot for g in groups for slot in _group_slots(roles, g, use_gpu)]
+    plan = PlacementPlan(groups=groups, slots=slots, use_gpu=use_gpu)
     if cluster:
         _fit(plan, cluster)
     return plan
 
 
-def _device_groups(config: PlacementConfig, roles) -> list[DeviceGroup]:
+def _device_groups(roles: dict[str, RolePlacement], use_gpu: bool) -> list[DeviceGroup]:
     by_name: dict[str, list[str]] = {}
-    for role in roles:
-        name = config.role(role).colocate or role
-        by_name.setdefault(name, []).append(role)
+    for role, placement in roles.items():
+        by_name.setdefault(placement.colocate or role, []).append(role)
     groups = []
     for name, members in by_name.items():
-        layouts = {(config.role(r).num_nodes, config.role(r).devices_per_node) for r in members}
+        layouts = {(roles[r].num_nodes, roles[r].devices_per_node) for r in members}
         if len(layouts) > 1:
-            detail = ", ".join(f"{r}: {config.role(r).num_nodes}×{config.role(r).devices_per_node}"
-                               for r in members)
+            detail = ", ".join(f"{r}: {roles[r].num_nodes}×{roles[r].devices_per_node}" for r in members)
             raise PlanError(f"colocated roles must have the same num_nodes × devices_per_node; "
                             f"colocate group {name!r} has {detail}")
         num_nodes, per_node = layouts.pop()
-        resources = {"CPU": sum(config.role(r).cpus_per_rank for r in members)}
-        if config.use_gpu:
+        resources = {"CPU": sum(roles[r].cpus_per_rank for r in members)}
+        if use_gpu:
             resources["GPU"] = 1.0
         groups.append(DeviceGroup(name, tuple(members), num_nodes, per_node, resources))
     return groups
 
 
-def _group_slots(config: PlacementConfig, group: DeviceGroup) -> list[RankSlot]:
-    share = 1.0 / len(group.roles) if config.use_gpu else 0.0
+def _group_slots(roles: dict[str, RolePlacement], group: DeviceGroup, use_gpu: bool) -> list[RankSlot]:
+    share = 1.0 / len(group.roles) if use_gpu else 0.0
     return [
         RankSlot(role=role, rank=node * group.devices_per_node + b, group=group.name, node_slot=node,
-                 bundle=b, num_gpus=share, num_cpus=config.role(role).cpus_per_rank)
+                 bundle=b, num_gpus=share, num_cpus=roles[role].cpus_per_rank)
         for role in group.roles for node in range(group.num_nodes) for b in range(group.devices_per_node)
     ]
 

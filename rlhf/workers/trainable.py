@@ -44,6 +44,25 @@ class MetricSums:
         return {n: float(s / w) if w else 0.0 for n, (s, w) in zip(names, packed.tolist())}
 
 
+class UpdateTracker:
+    """Metrics of the micro-batches and optimizer steps of one or more updates."""
+
+    def __init__(self) -> None:
+        self.metrics, self.optimizer = MetricSums(), MetricSums()
+        self.loss_sum = 0.0  # Σ of this rank's micro-batch losses; Σ over ranks = Σ of update losses
+
+    def add(self, loss: torch.Tensor, metrics: dict, weight: float, optimizer_stats: dict) -> None:
+        self.loss_sum += float(loss.detach())
+        self.metrics.add(metrics, weight=weight)
+        if optimizer_stats:
+            self.optimizer.add(optimizer_stats, weight=1.0)
+
+    def reduce(self, updates: int) -> dict[str, float]:
+        """Global metrics (collective: every rank must call it)."""
+        loss = float(all_reduce_sum(torch.tensor([self.loss_sum], dtype=torch.float64))) / updates
+        return {**self.metrics.reduce(), **self.optimizer.reduce(), "loss": loss}
+
+
 class TrainableWorker(BaseWorker):
     """Base of ActorWorker and CriticWorker: owns `self.engine` (a TrainEngine) and `self.tokenizer`."""
 
@@ -52,30 +71,35 @@ class TrainableWorker(BaseWorker):
 
     def run_update(self, batch: RolloutBatch, schedule: UpdateSchedule, step: int, loss_fn: MicroLoss) -> dict[str, float]:
         """Epochs × minibatches × micro-batches over this rank's shard; returns metrics averaged over
-        every micro-batch of every rank (weighted by valid tokens) plus grad_norm and lr."""
-        rows = len(batch)
-        schedule.grad_accum_steps(rows)  # validates that the shard divides evenly
-        sums, optimizer_stats = MetricSums(), MetricSums()
-        loss_sum = 0.0  # Σ of this rank's micro-batch losses; Σ over ranks = Σ of minibatch losses
+        every micro-batch of every rank (weighted by valid tokens) plus grad_norm, lr and loss (the
+        mean over optimizer updates of the full minibatch loss)."""
+        schedule.grad_accum_steps(len(batch))  # validates that the shard divides evenly
+        tracker = UpdateTracker()
         torch.manual_seed(self._stream_seed(step, -1))  # dropout etc.: replayable after a resume
-        self.engine.train()
         for epoch in range(schedule.epochs):
-            order = self._row_order(rows, schedule.shuffle, step, epoch)
+            order = self._row_order(len(batch), schedule.shuffle, step, epoch)
             for minibatch_rows in order.chunk(schedule.num_minibatches):
                 minibatch = batch.select(minibatch_rows)
                 num_tokens, num_seqs = self._global_counts(minibatch)
-                for micro in minibatch.split(schedule.micro_batch_size):
-                    loss, metrics = loss_fn(micro.to(self.device), num_tokens, num_seqs)
-                    self._check_finite(loss, epoch)
-                    self.engine.backward(loss)
-                    stats = self.engine.step()
-                    loss_sum += float(loss.detach())
-                    sums.add(metrics, weight=micro.num_tokens())
-                    if stats:
-                        optimizer_stats.add(stats, weight=1.0)
-        updates = schedule.epochs * schedule.num_minibatches
-        mean_loss = float(all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64))) / updates
-        return {**sums.reduce(), **optimizer_stats.reduce(), "loss": mean_loss}
+                micros = [m.to(self.device) for m in minibatch.split(schedule.micro_batch_size)]
+                self.accumulate(micros, lambda micro: loss_fn(micro, num_tokens, num_seqs),
+                                lambda micro: micro.num_tokens(), tracker)
+        return tracker.reduce(updates=schedule.epochs * schedule.num_minibatches)
+
+    def accumulate(self, micros: list, loss_fn: Callable, weight_fn: Callable, tracker: "UpdateTracker") -> None:
+        """Forward/backward every micro-batch of one optimizer update, then step.
+
+        `loss_fn(micro)` → (loss already normalised by the GLOBAL count, metrics); `weight_fn(micro)`
+        weighs the micro-batch's metrics. A non-finite loss on any rank raises on every rank before
+        its backward, so no NaN gradient is ever applied.
+        """
+        self.engine.train()
+        for micro in micros:
+            loss, metrics = loss_fn(micro)
+            self._check_finite(loss)
+            self.engine.backward(loss)
+            stats = self.engine.step()
+            tracker.add(loss, metrics, weight_fn(micro), stats)
 
     def _row_order(self, rows: int, shuffle: bool, step: int, epoch: int) -> torch.Tensor:
         """This epoch's row permutation: a function of (seed, rank, step, epoch) only, so a resumed
@@ -97,11 +121,11 @@ class TrainableWorker(BaseWorker):
         total = all_reduce_sum(local)
         return total[0].float().to(self.device), total[1].float().to(self.device)
 
-    def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
+    def _check_finite(self, loss: torch.Tensor) -> None:
         bad = all_reduce_max(torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0]))
         if bad.item():
-            raise NonFiniteLossError(f"{self.role}: non-finite loss in epoch {epoch} on some rank "
-                                     f"(this rank's loss: {loss.item()}); no backward was taken for it")
+            raise NonFiniteLossError(f"{self.role}: non-finite loss on some rank (this rank's loss: "
+                                     f"{loss.item()}); no backward was taken for it")
 
     @dispatch(Dispatch.ALL)
     def save_checkpoint(self, ckpt_dir: str) -> None:

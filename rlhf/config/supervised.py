@@ -1,0 +1,110 @@
+"""Configs of the supervised stages: SFT (next-token loss on responses) and reward-model training
+(Bradley–Terry on preference pairs). Both train one role — a worker group of DeepSpeed ranks — so
+they share `SupervisedTrainerConfig` for the run itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlhf.config.algorithm import invalid
+from rlhf.config.engine import EngineConfig
+from rlhf.config.model import ModelConfig
+from rlhf.config.placement import RolePlacement
+
+OVERLONG_POLICIES = ("error", "truncate", "drop")
+
+
+@dataclass
+class SupervisedDataConfig:
+    """Training and held-out data (hub name, or local json/jsonl/parquet/csv file or directory)."""
+
+    train: str = ""  # training data source (required)
+    eval: str | None = None  # held-out data; null = no evaluation
+    train_split: str = "train"
+    eval_split: str = "train"
+    prompt_key: str = "prompt"
+    response_key: str = "response"  # SFT: the target response
+    messages_key: str = "messages"  # SFT: chat rows (the last message is the assistant target)
+    chosen_key: str = "chosen"  # RM: preferred response
+    rejected_key: str = "rejected"  # RM: dispreferred response
+    tag_key: str | None = "negative_type"  # RM: optional per-pair tag; eval accuracy is reported per tag
+    max_len: int = 512  # tokens of prompt + response; longer rows follow `overlong`
+    overlong: str = "truncate"  # one of OVERLONG_POLICIES
+    max_eval_rows: int = 2000  # evaluate on at most this many held-out rows
+
+    def __post_init__(self) -> None:
+        if self.overlong not in OVERLONG_POLICIES:
+            invalid("data", "overlong", self.overlong, f"one of {list(OVERLONG_POLICIES)}")
+        if self.max_len < 2:
+            invalid("data", "max_len", self.max_len, ">= 2")
+
+
+@dataclass
+class SupervisedTrainerConfig:
+    """Steps, batches, evaluation, checkpoints and logging of a supervised stage."""
+
+    total_steps: int = 1000  # optimizer steps
+    batch_size: int = 64  # rows (SFT) or pairs (RM) per optimizer step, over all ranks
+    micro_batch_size: int = 16  # rows or pairs per forward/backward per rank
+    seed: int = 0
+    eval_every: int = 200  # evaluate every N steps (and at the end); 0 = only at the end
+    save_every: int = 200  # checkpoint every K steps (and at the end); 0 = only at the end
+    keep_last: int = 2
+    call_timeout_s: float = 1800.0
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "rlhf"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("total_steps", "batch_size", "micro_batch_size", "keep_last"):
+            if getattr(self, name) < 1:
+                invalid("trainer", name, getattr(self, name), "an int >= 1")
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each rank; errors when the batch does not split evenly."""
+        if self.batch_size % (self.micro_batch_size * world_size):
+            invalid("trainer", "batch_size", self.batch_size,
+                    f"divisible by micro_batch_size × data-parallel size ({self.micro_batch_size} × {world_size})")
+        return self.batch_size // (self.micro_batch_size * world_size)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning: loss only on response tokens."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: SupervisedDataConfig = field(default_factory=SupervisedDataConfig)
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(lr=1e-5))
+    placement: RolePlacement = field(default_factory=RolePlacement)
+    use_gpu: bool = True
+    trainer: SupervisedTrainerConfig = field(default_factory=SupervisedTrainerConfig)
+
+    def validate(self) -> None:
+        _require_paths(self.model, self.data)
+        self.trainer.grad_accum_steps(self.placement.world_size)
+
+
+@dataclass
+class RMConfig:
+    """Reward-model training with the pairwise (Bradley–Terry) loss."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)  # a causal-LM or reward-model dir
+    data: SupervisedDataConfig = field(default_factory=SupervisedDataConfig)
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(lr=1e-5))
+    placement: RolePlacement = field(default_factory=RolePlacement)
+    use_gpu: bool = True
+    trainer: SupervisedTrainerConfig = field(default_factory=SupervisedTrainerConfig)
+    margin: float | None = None  # demand chosen − rejected ≥ margin (a constant); null = plain BT loss
+    calibration_bins: int = 10  # bins of the expected calibration error of σ(margin)
+
+    def validate(self) -> None:
+        _require_paths(self.model, self.data)
+        self.trainer.grad_accum_steps(self.placement.world_size)
+
+
+def _require_paths(model: ModelConfig, data: SupervisedDataConfig) -> None:
+    if not model.path:
+        invalid("stage", "model.path", model.path, "an HF model directory or hub name")
+    if not data.train:
+        invalid("stage", "data.train", data.train, "a dataset (hub name or local file)")

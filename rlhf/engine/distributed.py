@@ -1,0 +1,80 @@
+"""Process-group set-up for the engines: torch.distributed initialised through DeepSpeed.
+
+Every rank of a role is started (by a Ray actor, `torch.distributed.run`, or a test) with the five
+environment variables below; DeepSpeed reads them. Without them DeepSpeed falls back to MPI
+discovery and fails obscurely, so we check first and name what is missing.
+
+DeepSpeed is imported lazily, after `DS_ACCELERATOR` is settled: it picks its accelerator once, at
+first use, and on a machine without CUDA we pin it to the CPU accelerator (gloo) up front.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+REQUIRED_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
+
+
+def import_deepspeed():
+    """Import deepspeed, first setting DS_ACCELERATOR=cpu when CUDA is absent (and it is unset).
+
+    On a GPU machine DeepSpeed's own detection is kept, so the variable is never forced there.
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    return deepspeed
+
+
+def default_backend() -> str:
+    """nccl on GPU, gloo on CPU."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_distributed(backend: str | None = None) -> None:
+    """Initialise torch.distributed (via `deepspeed.init_distributed`) from the environment.
+
+    Reads RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and LOCAL_RANK; raises RuntimeError naming any
+    that are missing. `backend` defaults to nccl with CUDA, gloo without. On GPU the current device
+    becomes cuda:LOCAL_RANK. Idempotent: a second call (or a call after someone else initialised
+    torch.distributed) only makes sure DeepSpeed's comm layer wraps the existing process group.
+    """
+    already = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not already:
+        missing = [key for key in REQUIRED_ENV if key not in os.environ]
+        if missing:
+            raise RuntimeError(
+                f"init_distributed needs the environment variables {list(REQUIRED_ENV)}; missing {missing}. "
+                "Set them for every rank (single process: RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 "
+                "MASTER_ADDR=127.0.0.1 MASTER_PORT=<free port>)."
+            )
+    deepspeed = import_deepspeed()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(dist_backend=backend or default_backend(), auto_mpi_discovery=False,
+                               verbose=False)
+
+
+def current_device() -> torch.device:
+    """The device this rank computes on: cuda:LOCAL_RANK with CUDA, else cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def rank() -> int:
+    """Global rank, 0 when torch.distributed is not initialised."""
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def world_size() -> int:
+    """World size, 1 when torch.distributed is not initialised."""
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def barrier() -> None:
+    """Wait for every rank; a no-op without torch.distributed."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()

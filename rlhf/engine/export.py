@@ -1,0 +1,54 @@
+"""Write an engine's model as a Hugging Face directory (safetensors + config + tokenizer).
+
+Under ZeRO-3 every rank holds only a shard of each parameter, so the full tensors are gathered one
+parameter at a time (bounded memory: one full parameter at a time, plus rank 0's CPU copy of the
+state dict). Gathering is a collective: every rank must call `export_hf`, and only rank 0 writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rlhf.engine.distributed import barrier, import_deepspeed, rank
+
+
+def full_state_dict(module: torch.nn.Module, zero3: bool) -> dict[str, torch.Tensor] | None:
+    """The module's complete state dict as CPU tensors on rank 0; None on other ranks.
+
+    Keys are those of `module.state_dict()` (tied weights keep every name). With `zero3`, each
+    parameter is gathered with `deepspeed.zero.GatheredParameters` — on all ranks, in the same order.
+    """
+    is_writer = rank() == 0
+    params = dict(module.named_parameters(remove_duplicate=False))
+    out: dict[str, torch.Tensor] = {}
+    gathered = import_deepspeed().zero.GatheredParameters if zero3 else None
+    for key, value in module.state_dict().items():
+        param = params.get(key)
+        if param is not None and zero3:
+            with gathered([param], modifier_rank=None):
+                if is_writer:
+                    out[key] = param.detach().to("cpu", copy=True)
+        elif is_writer:
+            tensor = param if param is not None else value
+            out[key] = tensor.detach().to("cpu", copy=True)
+    return out if is_writer else None
+
+
+def export_hf(module: torch.nn.Module, out_dir: str | Path, zero3: bool, tokenizer=None) -> Path:
+    """Save `module` (a transformers PreTrainedModel) to `out_dir` so `from_pretrained` reloads it.
+
+    Collective: call on every rank. Rank 0 writes `out_dir` (safetensors weights, config, generation
+    config, and the tokenizer if given); all ranks return after the files exist.
+    """
+    if not hasattr(module, "save_pretrained"):
+        raise TypeError(f"export_hf needs a transformers model with save_pretrained, got {type(module).__name__}")
+    out_dir = Path(out_dir)
+    state_dict = full_state_dict(module, zero3)
+    if state_dict is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        module.save_pretrained(out_dir, state_dict=state_dict)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+    barrier()
+    return out_dir
