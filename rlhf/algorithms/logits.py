@@ -55,6 +55,8 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     out = []
     for start in range(0, flat.shape[0], rows):
         z = flat[start:start + rows].float() / temperature
+        z = z - z.amax(dim=-1, keepdim=True)  # shift: the two terms below stay small, no cancellation
         probs = torch.softmax(z, dim=-1)
-        out.append(torch.logsumexp(z, dim=-1) - (probs * z).sum(-1))
+        # 0·(−inf) would be NaN: entries with zero probability contribute nothing.
+        out.append(torch.logsumexp(z, dim=-1) - (probs * z.masked_fill(probs == 0, 0.0)).sum(-1))
     return torch.cat(out, dim=0).reshape(logits.shape[:-1])

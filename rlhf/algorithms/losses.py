@@ -44,8 +44,10 @@ def aggregate_loss(loss: torch.Tensor, mask: torch.Tensor, agg: str = "token-mea
 
 
 def _positive(count):
-    """A normalizer that is never 0: an all-padding batch then gives loss 0, not NaN."""
-    return count.clamp(min=1) if isinstance(count, torch.Tensor) else max(count, 1)
+    """The normalizer as given, except that 0 becomes 1: an all-padding batch gives loss 0, not NaN."""
+    if isinstance(count, torch.Tensor):
+        return torch.where(count == 0, torch.ones_like(count), count)
+    return count if count != 0 else 1
 
 
 def _ratio_metrics(log_ratio: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:

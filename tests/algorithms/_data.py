@@ -7,6 +7,7 @@ With B ≥ 3 a mask always contains a full row, a length-1 row in the middle of 
 """
 from __future__ import annotations
 
+import contextlib
 import random
 
 import torch
@@ -82,3 +83,12 @@ def rows(t: torch.Tensor) -> list:
 
 def bools(mask: torch.Tensor) -> list:
     return mask.bool().tolist()
+
+
+@contextlib.contextmanager
+def case(**info):
+    """Name the random case (seed, dtype, ...) in a failure raised inside a loop over cases."""
+    try:
+        yield
+    except AssertionError as exc:
+        raise AssertionError(f"case {info}: {exc}") from exc
