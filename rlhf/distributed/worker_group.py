@@ -12,7 +12,10 @@ does not wait out the timeout of the ranks blocked in a collective with it).
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -136,7 +139,8 @@ class WorkerGroup:
         if master_addr is None:
             master_addr = "127.0.0.1" if loopback else self.call_rank(0, "node_ip")
         port = self.call_rank(0, "free_port", master_addr)
-        self.call("set_master", master_addr, port, loopback)
+        init_file = os.path.join(tempfile.gettempdir(), f"rlhf-rendezvous-{self.role}-{uuid.uuid4().hex}")
+        self.call("set_master", master_addr, port, loopback, init_file if loopback else None)
 
     def call_async(self, method: str, *args, timeout_s: float | None = None, **kwargs) -> GroupCall:
         """Start `method` on every rank per its declared dispatch; `.result()` waits and gathers."""

@@ -28,6 +28,9 @@ def import_deepspeed():
     return deepspeed
 
 
+INIT_METHOD_ENV = "RLHF_DIST_INIT_METHOD"
+
+
 def default_backend() -> str:
     """nccl on GPU, gloo on CPU."""
     return "nccl" if torch.cuda.is_available() else "gloo"
@@ -40,6 +43,10 @@ def init_distributed(backend: str | None = None) -> None:
     that are missing. `backend` defaults to nccl with CUDA, gloo without. On GPU the current device
     becomes cuda:LOCAL_RANK. Idempotent: a second call (or a call after someone else initialised
     torch.distributed) only makes sure DeepSpeed's comm layer wraps the existing process group.
+
+    With RLHF_DIST_INIT_METHOD=file:///path (set by worker groups whose ranks share one machine) the
+    ranks meet through a file instead of a TCP store: torch's TCP store listens on every interface,
+    a file opens no port at all. Gloo's own sockets follow GLOO_SOCKET_IFNAME (loopback there).
     """
     already = torch.distributed.is_available() and torch.distributed.is_initialized()
     if not already:
@@ -53,8 +60,13 @@ def init_distributed(backend: str | None = None) -> None:
     deepspeed = import_deepspeed()
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    init_method = os.environ.get(INIT_METHOD_ENV) or None
+    rendezvous = {}
+    if init_method and not already:
+        rendezvous = dict(init_method=init_method, rank=int(os.environ["RANK"]),
+                          world_size=int(os.environ["WORLD_SIZE"]))
     deepspeed.init_distributed(dist_backend=backend or default_backend(), auto_mpi_discovery=False,
-                               verbose=False)
+                               verbose=False, **rendezvous)
 
 
 def current_device() -> torch.device:

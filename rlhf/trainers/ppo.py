@@ -32,7 +32,7 @@ from rlhf.data.batch import RolloutBatch
 from rlhf.data.sampler import ResumableSampler
 from rlhf.models import SamplingParams
 from rlhf.trainers.checkpoint import CheckpointManager
-from rlhf.trainers.faults import maybe_crash
+from rlhf.workers.faults import maybe_crash
 from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summary_table, write_summary
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from rlhf.data.sampler import ResumableSampler
 from rlhf.data.sft import SFTDataset
 from rlhf.models import load_tokenizer
 from rlhf.trainers.checkpoint import CheckpointManager
-from rlhf.trainers.faults import maybe_crash
+from rlhf.workers.faults import maybe_crash
 from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summary_table, write_summary
 from rlhf.trainers.rm_eval import reward_model_report
 

@@ -90,11 +90,14 @@ class BaseWorker:
         return ray.util.get_node_ip_address()
 
     @dispatch(Dispatch.ALL)
-    def set_master(self, master_addr: str, master_port: int, loopback: bool) -> None:
-        """Where rank 0's rendezvous store listens; on one machine everything binds to loopback."""
+    def set_master(self, master_addr: str, master_port: int, loopback: bool, init_file: str | None = None) -> None:
+        """Where the ranks meet. On one machine (`loopback`) nothing listens beyond 127.0.0.1: the
+        rendezvous goes through `init_file` and gloo binds to the loopback interface."""
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         if loopback:
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+            if init_file:
+                os.environ["RLHF_DIST_INIT_METHOD"] = f"file://{init_file}"
 
     @dispatch(Dispatch.ALL)
     def ping(self) -> dict:

@@ -33,11 +33,19 @@ class EchoWorker(BaseWorker):
         """Prove the rendezvous works: sum of ranks through a gloo all-reduce."""
         import torch.distributed as dist
 
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size)
+        from rlhf.engine import init_distributed
+
+        init_distributed()
         value = torch.tensor([float(self.rank)])
         dist.all_reduce(value)
         return float(value.item())
+
+    def listening_addresses(self) -> list[str]:
+        """IP addresses this worker process listens on (Ray's own servers, gloo, any store)."""
+        import psutil
+
+        return sorted({c.laddr.ip for c in psutil.Process().net_connections(kind="inet")
+                       if c.status == psutil.CONN_LISTEN})
 
     def master(self):
         return os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
@@ -103,6 +111,9 @@ def test_split_dispatch_preserves_order_and_rendezvous_is_on_loopback(ray_cluste
         assert torch.equal(actor.call("double", torch.arange(5)), 2 * torch.arange(5))
         assert actor.call("all_reduce_rank") == 0 + 1 + 2
         assert {addr for addr, _ in actor.call("master")} == {"127.0.0.1"}
+        # After the process group is up, no rank listens beyond loopback (no wildcard TCP store).
+        for addresses in actor.call("listening_addresses"):
+            assert set(addresses) <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, addresses
     finally:
         groups.shutdown()
 

@@ -1,0 +1,449 @@
+"""The stage pipeline behind `rlhf recipe=...`: prepare → sft → rm → ppo, each stage's output feeding the next.
+
+    cfg = <a validated RunConfig>          # rlhf.cli composes it from the recipe and the overrides
+    report = preflight(cfg)                # every check that needs no Ray; raises PipelineError / PlanError
+    print(describe_plan(cfg, report))      # what dry_run=true prints
+    summary = run_pipeline(cfg, report)    # runs the stages; returns summary.json's content
+
+Stages and what they leave in run_dir (the next stage's inputs, wired by interpolation in the recipe,
+e.g. `ppo.actor.path: ${run_dir}/sft/final`):
+    prepare  data/ (a task's JSONL files) and base/ (a tiny model + tokenizer), when the recipe asks
+    sft      sft/final/   HF causal LM + tokenizer          (rlhf.trainers.supervised.run_sft)
+    rm       rm/final/    HF sequence classifier + tokenizer (run_rm); summary.json rm.score_mean/std
+    ppo      ppo/final/   HF causal LM + tokenizer          (rlhf.trainers.ppo_stage.run_ppo)
+Every trainer stage appends to run_dir/metrics.jsonl and merges its entry into run_dir/summary.json.
+
+Decisions per stage (`StageDecision`), made before anything starts:
+- not selected (`stages=[...]` leaves it out): its outputs that a selected stage reads must exist,
+  or the error names the missing path, the field that reads it and the stage that makes it;
+- resume=true: a stage is *done* when its summary entry, its final/ and `steps >= total_steps` are
+  all there — it is skipped; the first unfinished stage continues from its last checkpoint; later
+  stages start fresh (stale leftovers of theirs are removed, with a warning);
+- resume=false: a stage starts fresh; if run_dir already holds its outputs, the run is refused unless
+  overwrite=true (then they are removed: its directory, metrics records and summary entry).
+
+`ppo_reward_norm_from_rm=true` sets ppo.algorithm.reward.normalize_mean/std to the reward model's
+held-out score mean/std (summary.json rm.score_mean / rm.score_std) just before PPO starts.
+
+Nothing here imports Ray: the dry run stays Ray-free, and the stage entry points start Ray themselves.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from rlhf.config.io import save_yaml
+from rlhf.config.placement import NodeSpec
+from rlhf.config.run import RunConfig
+from rlhf.distributed.placement import PlacementPlan, PlanError, plan_placement, plan_roles
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STAGES = ("sft", "rm", "ppo")
+PREPARE_SPEC = "prepare.json"  # written next to prepared outputs: the settings they were made with
+
+
+class PipelineError(ValueError):
+    """The run cannot start as configured (missing inputs, conflicting outputs, bad values)."""
+
+
+@dataclass
+class StageDecision:
+    stage: str
+    action: str  # "run" (fresh), "resume" (from its last checkpoint), "skip" (done), "not selected"
+    reason: str = ""
+    clear: bool = False  # remove this stage's previous outputs before it starts
+
+
+@dataclass
+class Preflight:
+    """Everything decided and checked before a stage starts."""
+
+    run_dir: Path
+    decisions: list[StageDecision]
+    plans: dict[str, PlacementPlan] = field(default_factory=dict)
+    cluster: list[NodeSpec] = field(default_factory=list)
+    cluster_source: str = ""
+
+    def to_run(self) -> list[StageDecision]:
+        return [d for d in self.decisions if d.action in ("run", "resume")]
+
+
+# --- what each stage makes ---------------------------------------------------------------------------
+def stage_outputs(cfg: RunConfig, run_dir: Path) -> dict[str, list[Path]]:
+    """The paths each stage of the recipe writes (the ones later stages may read)."""
+    outputs: dict[str, list[Path]] = {s: [] for s in cfg.recipe_stages}
+    if "prepare" in outputs:
+        if cfg.prepare.task:
+            outputs["prepare"].append(run_dir / "data")
+        if cfg.prepare.tiny_model is not None:
+            outputs["prepare"].append(run_dir / "base")
+    for stage in TRAINER_STAGES:
+        if stage in outputs:
+            outputs[stage].append(run_dir / stage / "final")
+    return outputs
+
+
+def stage_inputs(cfg: RunConfig, stage: str) -> dict[str, str]:
+    """Field name → path (or hub name) of every model and data source `stage` reads."""
+    if stage == "prepare":
+        return {}
+    if stage in ("sft", "rm"):
+        section = getattr(cfg, stage)
+        fields = {"model.path": section.model.path, "model.tokenizer_path": section.model.tokenizer_path,
+                  "data.train": section.data.train, "data.eval": section.data.eval}
+    else:
+        ppo = cfg.ppo
+        fields = {"actor.path": ppo.actor.path, "actor.tokenizer_path": ppo.actor.tokenizer_path,
+                  "reference.path": ppo.reference_path(), "critic.path": ppo.critic_path() if "critic" in ppo.roles()
+                  else None, "data.train": ppo.data.train, "data.eval": ppo.data.eval}
+        if not ppo.reward_role.use_task_reward:
+            fields["reward.path"] = ppo.reward.path
+    return {f"{stage}.{k}": v for k, v in fields.items() if v}
+
+
+def _is_local_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or Path(value).suffix.lower() in (".json", ".jsonl",
+                                                                                      ".parquet", ".csv")
+
+
+# --- resume bookkeeping ---------------------------------------------------------------------------------
+def read_summary(run_dir: Path) -> dict:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _total_steps(cfg: RunConfig, stage: str) -> int:
+    return getattr(cfg, stage).trainer.total_steps
+
+
+def stage_done(cfg: RunConfig, stage: str, run_dir: Path, summary: dict) -> tuple[bool, str]:
+    """(finished?, why) for one stage of a run_dir."""
+    if stage == "prepare":
+        missing = [p for p in stage_outputs(cfg, run_dir)["prepare"] if not (p / PREPARE_SPEC).exists()]
+        return (not missing, "outputs present" if not missing else f"{missing[0]} missing")
+    entry, final = summary.get(stage), run_dir / stage / "final"
+    if entry is None:
+        return False, "no summary entry"
+    if not final.is_dir():
+        return False, f"{final} missing"
+    steps, total = entry.get("steps") or 0, _total_steps(cfg, stage)
+    if steps < total:
+        return False, f"finished {steps} of {total} steps"
+    return True, f"finished ({steps} steps)"
+
+
+def _has_outputs(stage: str, run_dir: Path, summary: dict) -> bool:
+    return stage in summary or (run_dir / stage).exists()
+
+
+def decide(cfg: RunConfig, run_dir: Path) -> list[StageDecision]:
+    """What happens to each stage of the recipe in this invocation (see the module doc)."""
+    summary = read_summary(run_dir)
+    selected = cfg.selected_stages
+    decisions, resumed = [], False
+    for stage in cfg.recipe_stages:
+        if stage not in selected:
+            decisions.append(StageDecision(stage, "not selected"))
+        elif stage == "prepare":  # idempotent: it reuses what is there and refuses different settings
+            decisions.append(StageDecision(stage, "run", "idempotent: reuses outputs made with the same settings"))
+        elif cfg.resume:
+            done, why = stage_done(cfg, stage, run_dir, summary)
+            if done:
+                decisions.append(StageDecision(stage, "skip", why))
+            elif not resumed:
+                resumed = True
+                decisions.append(StageDecision(stage, "resume", f"{why}: continues from its last checkpoint"))
+            else:
+                stale = _has_outputs(stage, run_dir, summary)
+                decisions.append(StageDecision(stage, "run", "after a resumed stage: starts fresh"
+                                               + (" (removing stale outputs)" if stale else ""), clear=stale))
+        elif _has_outputs(stage, run_dir, summary):
+            if not cfg.overwrite:
+                raise PipelineError(
+                    f"run_dir {run_dir} already holds outputs of stage {stage!r} ({run_dir / stage}"
+                    f"{', summary.json entry' if stage in summary else ''}) and resume=false: pass resume=true "
+                    f"to continue or skip it, overwrite=true to discard them and start the stage fresh, "
+                    f"or choose another run_dir")
+            decisions.append(StageDecision(stage, "run", "overwrite=true: previous outputs removed", clear=True))
+        else:
+            decisions.append(StageDecision(stage, "run", "fresh"))
+    return decisions
+
+
+def clear_stage(run_dir: Path, stage: str) -> None:
+    """Remove one stage's outputs: its directory, TensorBoard run, metrics records and summary entry."""
+    from rlhf.trainers.metrics import truncate_after
+
+    logger.warning("stage %s: removing its previous outputs in %s", stage, run_dir)
+    for path in (run_dir / stage, run_dir / "tensorboard" / stage):
+        if path.exists():
+            shutil.rmtree(path)
+    truncate_after(run_dir / "metrics.jsonl", stage, -(2**62))
+    summary = read_summary(run_dir)
+    if summary.pop(stage, None) is not None:
+        _write_json(run_dir / "summary.json", summary)
+
+
+# --- pre-flight: every check before Ray ------------------------------------------------------------
+def local_cluster() -> list[NodeSpec]:
+    """This machine as one node (CPU count, visible CUDA GPUs and their memory)."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    memory = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpus else 0.0
+    return [NodeSpec(gpus=gpus, cpus=float(os.cpu_count() or 1), gpu_memory_gb=memory)]
+
+
+def preflight(cfg: RunConfig) -> Preflight:
+    """Validate the selected stages, their inputs and their placement plans. Raises PipelineError
+    (or PlanError for a placement that cannot fit); starts nothing."""
+    if not cfg.run_dir:
+        raise PipelineError("run_dir is not set (the command line sets a default before validation)")
+    run_dir = Path(cfg.run_dir)
+    decisions = decide(cfg, run_dir)
+    report = Preflight(run_dir=run_dir, decisions=decisions)
+    to_run = [d.stage for d in report.to_run()]
+    for stage in to_run:
+        _validate_stage(cfg, stage)
+    _check_inputs(cfg, run_dir, decisions)
+    _check_reward_norm(cfg, run_dir, to_run)
+    if cfg.ppo.placement.cluster:
+        report.cluster, report.cluster_source = list(cfg.ppo.placement.cluster), "described (ppo.placement.cluster)"
+    elif os.environ.get("RAY_ADDRESS"):
+        report.cluster, report.cluster_source = [], "the Ray cluster at RAY_ADDRESS (checked when it is joined)"
+    else:
+        report.cluster, report.cluster_source = local_cluster(), "this machine"
+    cluster = report.cluster or None
+    for stage in to_run:
+        if stage in ("sft", "rm"):
+            section = getattr(cfg, stage)
+            report.plans[stage] = plan_roles({stage: section.placement}, section.use_gpu, cluster)
+        elif stage == "ppo":
+            report.plans[stage] = plan_placement(cfg.ppo.placement, cfg.ppo.roles(), cluster)
+    return report
+
+
+def _validate_stage(cfg: RunConfig, stage: str) -> None:
+    from rlhf.tasks import get_task
+
+    if stage == "prepare":
+        if cfg.prepare.task:
+            get_task(cfg.prepare.task, **dict(cfg.prepare.task_kwargs))  # unknown task / bad kwargs raise
+        return
+    section = getattr(cfg, stage)
+    try:
+        section.validate()
+    except ValueError as exc:
+        raise PipelineError(f"{stage}: {exc}") from None
+    if stage == "ppo" and cfg.ppo.task.name:
+        try:
+            get_task(cfg.ppo.task.name, **dict(cfg.ppo.task.kwargs))
+        except (ValueError, TypeError) as exc:
+            raise PipelineError(f"ppo.task.name={cfg.ppo.task.name!r} / ppo.task.kwargs: {exc}") from None
+
+
+def _check_inputs(cfg: RunConfig, run_dir: Path, decisions: list[StageDecision]) -> None:
+    """Every path a running stage reads must exist, or be made by a stage that runs before it."""
+    producers = {p: s for s, paths in stage_outputs(cfg, run_dir).items() for p in paths}
+    runs = {d.stage for d in decisions if d.action in ("run", "resume")}
+    order = list(cfg.recipe_stages)
+    for decision in decisions:
+        if decision.stage not in runs:
+            continue
+        for name, value in stage_inputs(cfg, decision.stage).items():
+            path = Path(value).expanduser()
+            producer = next((s for p, s in producers.items() if path == p or p in path.parents), None)
+            if producer is not None and producer in runs and order.index(producer) < order.index(decision.stage):
+                continue  # made earlier in this invocation
+            if producer is None and not (path.is_absolute() and run_dir in path.parents) and not _is_local_path(value):
+                continue  # a hub name: resolved (or refused) by the loader
+            if path.exists():
+                continue
+            made_by = (f"it is made by stage {producer!r}, which is not selected in this run (stages="
+                       f"{cfg.selected_stages}): run it first or add it to stages" if producer else
+                       "no stage of this recipe makes it")
+            raise PipelineError(f"{name}={value} does not exist: {made_by}")
+
+
+def _check_reward_norm(cfg: RunConfig, run_dir: Path, to_run: list[str]) -> None:
+    if not cfg.ppo_reward_norm_from_rm or "ppo" not in to_run or "rm" in to_run:
+        return
+    rm = read_summary(run_dir).get("rm", {})
+    if rm.get("score_mean") is None or not rm.get("score_std"):
+        raise PipelineError(f"ppo_reward_norm_from_rm=true needs rm.score_mean and rm.score_std in "
+                            f"{run_dir / 'summary.json'} (written by the rm stage with rm.data.eval set); found "
+                            f"{ {k: rm.get(k) for k in ('score_mean', 'score_std')} }: run the rm stage first")
+
+
+def reward_norm_from_rm(cfg: RunConfig, run_dir: Path) -> None:
+    """Fill ppo.algorithm.reward.normalize_mean/std from summary.json's rm entry (validated)."""
+    rm = read_summary(run_dir).get("rm", {})
+    mean, std = rm.get("score_mean"), rm.get("score_std")
+    if mean is None or not std:
+        raise PipelineError(f"ppo_reward_norm_from_rm=true but summary.json has rm.score_mean={mean}, "
+                            f"rm.score_std={std}: the rm stage needs held-out pairs (rm.data.eval)")
+    algorithm = cfg.ppo.algorithm
+    algorithm.reward = replace(algorithm.reward, normalize_mean=float(mean), normalize_std=float(std))
+    logger.info("ppo: reward normalised by the reward model's held-out scores: mean=%.4f std=%.4f "
+                "(ppo_reward_norm_from_rm=true)", mean, std)
+
+
+# --- dry run ----------------------------------------------------------------------------------------------
+def describe_plan(cfg: RunConfig, report: Preflight) -> str:
+    """The dry run's printout: stage decisions, placement per stage, ZeRO per role, memory per GPU."""
+    lines = [f"recipe {cfg.recipe!r}: run_dir {report.run_dir}", "stages:"]
+    for d in report.decisions:
+        lines.append(f"  {d.stage:<8} {d.action}{': ' + d.reason if d.reason else ''}")
+    cluster = ", ".join(f"node{i}: {n.gpus} GPU(s) {n.cpus:g} CPU(s)"
+                        + (f" {n.gpu_memory_gb:g} GiB/GPU" if n.gpu_memory_gb else "")
+                        for i, n in enumerate(report.cluster)) or "not known before Ray starts"
+    lines.append(f"cluster ({report.cluster_source}): {cluster}")
+    for stage, plan in report.plans.items():
+        lines.append(f"\n== {stage}: placement ==")
+        lines.append(plan.describe())
+        lines.append(f"== {stage}: engines ==")
+        for role, engine in _engines(cfg, stage).items():
+            offload = "+".join(n for n, on in (("optimizer", engine.offload_optimizer),
+                                               ("params", engine.offload_params)) if on) or "none"
+            trained = f"  lr {engine.lr:g}" if role not in ("reference", "reward") else "  (forward only)"
+            lines.append(f"  {role:<10} ZeRO-{engine.zero_stage}  offload {offload}  {engine.dtype}{trained}")
+        if stage == "ppo":
+            lines.append(_memory_text(cfg, report))
+    if cfg.ppo_reward_norm_from_rm and "ppo" in report.plans:
+        lines.append("\nppo reward normalisation: from summary.json rm.score_mean/score_std (ppo_reward_norm_from_rm)")
+    return "\n".join(lines)
+
+
+def _engines(cfg: RunConfig, stage: str) -> dict:
+    if stage in ("sft", "rm"):
+        return {stage: getattr(cfg, stage).engine}
+    return {role: getattr(cfg.ppo.engines, role) for role in cfg.ppo.roles()}
+
+
+def _memory_text(cfg: RunConfig, report: Preflight) -> str:
+    """Estimated memory per GPU of the PPO roles (rlhf.distributed.memory); refuses a plan that cannot fit."""
+    from rlhf.distributed.memory import check_memory, describe_memory, load_model_configs
+
+    if not cfg.ppo.placement.use_gpu:
+        return "== ppo: memory == not estimated: placement.use_gpu=false (CPU ranks)"
+    sizes = [n.gpu_memory_gb for n in report.cluster if n.gpus > 0 and n.gpu_memory_gb > 0]
+    if not sizes:
+        return ("== ppo: memory == not estimated: the cluster does not say its GPU memory "
+                "(ppo.placement.cluster[i].gpu_memory_gb)")
+    try:
+        configs = load_model_configs(_architecture_sources(cfg, report.run_dir))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (f"== ppo: memory == not estimated: a role's model config.json is not readable here "
+                f"(offline, or made by an earlier stage): {first}")
+    gpu_memory = None if cfg.ppo.placement.cluster else min(sizes)
+    text = "== ppo: memory ==\n" + describe_memory(cfg.ppo, configs, gpu_memory)
+    check_memory(cfg.ppo, configs, gpu_memory)  # PlanError when a device group does not fit
+    return text
+
+
+def _architecture_sources(cfg: RunConfig, run_dir: Path):
+    """A copy of cfg.ppo whose model paths made by earlier stages (not there yet) point at the model
+    those stages start from — same architecture, so the memory planner can read a config.json."""
+    import copy
+
+    made_from = {run_dir / "sft" / "final": cfg.sft.model.path, run_dir / "rm" / "final": cfg.rm.model.path}
+    ppo = copy.deepcopy(cfg.ppo)
+    for model in (ppo.actor, ppo.critic, ppo.reward, ppo.reference):
+        for _ in range(len(made_from)):  # rm/final ← sft/final ← base: follow the chain
+            if model.path and Path(model.path) in made_from and not Path(model.path).exists():
+                model.path = made_from[Path(model.path)]
+    return ppo
+
+
+# --- running -----------------------------------------------------------------------------------------------
+def run_pipeline(cfg: RunConfig, report: Preflight) -> dict:
+    """Run the stages `report` selected, in order; returns the run's summary.json content."""
+    run_dir = report.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run_dir / "config.yaml")
+    logger.info("run_dir %s (resolved config: config.yaml)", run_dir)
+    for decision in report.decisions:
+        if decision.action in ("skip", "not selected"):
+            logger.info("stage %s: %s%s", decision.stage, decision.action,
+                        f" ({decision.reason})" if decision.reason else "")
+            continue
+        if decision.clear:
+            clear_stage(run_dir, decision.stage)
+        resume = decision.action == "resume"
+        logger.info("stage %s: %s", decision.stage, "resuming" if resume else "starting")
+        run_stage(cfg, decision.stage, run_dir, resume)
+    return read_summary(run_dir)
+
+
+def run_stage(cfg: RunConfig, stage: str, run_dir: Path, resume: bool) -> dict:
+    if stage == "prepare":
+        return prepare(cfg, run_dir)
+    if stage == "sft":
+        from rlhf.trainers.supervised import run_sft
+
+        return run_sft(cfg.sft, run_dir, resume=resume)
+    if stage == "rm":
+        from rlhf.trainers.supervised import run_rm
+
+        return run_rm(cfg.rm, run_dir, resume=resume)
+    from rlhf.trainers.ppo_stage import run_ppo
+
+    if cfg.ppo_reward_norm_from_rm:
+        reward_norm_from_rm(cfg, run_dir)
+    return run_ppo(cfg.ppo, run_dir, resume=resume)
+
+
+# --- prepare --------------------------------------------------------------------------------------------
+def prepare(cfg: RunConfig, run_dir: Path) -> dict:
+    """Write the task's data files to run_dir/data and build the tiny model into run_dir/base (idempotent)."""
+    from rlhf.models.tiny import build_tiny_model
+    from rlhf.tasks import get_task
+
+    made = {}
+    spec = cfg.prepare
+    if spec.task:
+        kwargs = dict(spec.task_kwargs)
+        made["data"] = _build_once(run_dir / "data", {"task": spec.task, "kwargs": kwargs},
+                                   lambda out: get_task(spec.task, **kwargs).write_files(out))
+    if spec.tiny_model is not None:
+        model = asdict(spec.tiny_model)
+        overrides = model.pop("config_overrides")
+        made["base"] = _build_once(run_dir / "base", model,
+                                   lambda out: build_tiny_model(out, tokenizer_dir=None, **model, **overrides))
+        made["base_spec"] = asdict(spec.tiny_model)
+    return made
+
+
+def _build_once(out: Path, settings: dict, build) -> str:
+    """Build `out` with `build(tmp_dir)` unless it exists with the same settings; atomic (rename)."""
+    marker = out / PREPARE_SPEC
+    if marker.exists():
+        previous = json.loads(marker.read_text(encoding="utf-8"))
+        if previous != settings:
+            raise PipelineError(f"{out} was prepared with different settings ({previous}) than this run asks "
+                                f"({settings}): use another run_dir, or delete {out}")
+        logger.info("prepare: %s exists (same settings): reused", out)
+        return str(out)
+    if out.exists():
+        raise PipelineError(f"{out} exists but was not made by the prepare stage (no {PREPARE_SPEC}): "
+                            f"use another run_dir, or delete {out}")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    build(tmp)
+    _write_json(tmp / PREPARE_SPEC, settings)
+    os.replace(tmp, out)
+    logger.info("prepare: wrote %s", out)
+    return str(out)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
