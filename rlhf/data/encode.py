@@ -18,9 +18,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import torch
+
 OVERLONG_POLICIES = ("error", "truncate", "drop")
 
 Messages = list[dict[str, str]]
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,3 +126,33 @@ def tokenize(tokenizer: Any, texts: Sequence[str], add_special_tokens: Sequence[
             for i, row in zip(index, ids):
                 out[i] = list(row)
     return out  # type: ignore[return-value]
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """Base of the prompt / preference / SFT datasets: encoded `examples` plus the over-long `stats`."""
+
+    examples: list
+    stats: DatasetStats
+
+    def _finish(self, source: str, what: str, limit: str, field: str | None = None) -> None:
+        """Record and log the counts; an empty result (every row dropped) is an error, not a silent no-op."""
+        from rlhf.data.sources import DataError
+
+        self.stats.kept = len(self.examples)
+        self.stats.log(logger, what, limit)
+        if not self.examples:
+            raise DataError(source, "no rows left after the over-long policy; expected at least one", field=field)
+
+    @property
+    def num_truncated(self) -> int:
+        return self.stats.truncated
+
+    @property
+    def num_dropped(self) -> int:
+        return self.stats.dropped
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int):
+        return self.examples[i]

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from rlhf.data.collate import PreferenceBatch, collate_preferences
-from rlhf.data.encode import DatasetStats, check_policy, check_tokenizer, render_prompt_response, tokenize
-from rlhf.data.sources import DataError, expect_text_or_messages, load_rows
+from rlhf.data.encode import DatasetStats, EncodedDataset, check_policy, check_tokenizer, render_prompt_response, tokenize
+from rlhf.data.sources import expect_text_or_messages, load_rows
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +32,7 @@ class PreferenceExample:
     tag: str | None = None  # value of `tag_key`, if the data has it
 
 
-class PreferenceDataset(torch.utils.data.Dataset):
+class PreferenceDataset(EncodedDataset):
     """Tokenized preference pairs from a hub name or a local json/jsonl/parquet/csv file or directory.
 
     Args:
@@ -105,19 +103,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
                 self.stats.truncated_rows.append(i)
             self.examples.append(PreferenceExample(index=i, prompt=prompts[i], chosen_ids=c, rejected_ids=r,
                                                    prompt_len=len(p), tag=tags[i] if tags is not None else None))
-        self.stats.kept = len(self.examples)
-        self.stats.log(logger, "preference pairs", f"max_len={max_len}")
-        if not self.examples:
-            raise DataError(rows.source, "no rows left after the over-long policy; expected at least one",
-                            field=chosen_key)
-
-    @property
-    def num_truncated(self) -> int:
-        return self.stats.truncated
-
-    @property
-    def num_dropped(self) -> int:
-        return self.stats.dropped
+        self._finish(rows.source, "preference pairs", f"max_len={max_len}", field=chosen_key)
 
     def tag_counts(self) -> dict[str | None, int]:
         """How many pairs carry each tag (e.g. per arithmetic negative type)."""
@@ -125,12 +111,6 @@ class PreferenceDataset(torch.utils.data.Dataset):
         for e in self.examples:
             counts[e.tag] = counts.get(e.tag, 0) + 1
         return counts
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> PreferenceExample:
-        return self.examples[i]
 
     def collate(self, examples: Sequence[PreferenceExample]) -> PreferenceBatch:
         """PreferenceBatch padded on `padding_side` (a `collate_fn`)."""

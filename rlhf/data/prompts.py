@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from rlhf.data.collate import PromptBatch, collate_prompts
-from rlhf.data.encode import DatasetStats, check_policy, check_tokenizer, render_prompt, tokenize
-from rlhf.data.sources import DataError, expect_text_or_messages, load_rows
+from rlhf.data.encode import DatasetStats, EncodedDataset, check_policy, check_tokenizer, render_prompt, tokenize
+from rlhf.data.sources import expect_text_or_messages, load_rows
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +30,7 @@ class PromptExample:
     reference: Any = None  # gold answer / reference for rule rewards, if the data has one
 
 
-class PromptDataset(torch.utils.data.Dataset):
+class PromptDataset(EncodedDataset):
     """Tokenized prompts from a hub name or a local json/jsonl/parquet/csv file or directory.
 
     Args:
@@ -97,25 +95,7 @@ class PromptDataset(torch.utils.data.Dataset):
                 self.stats.truncated_rows.append(i)
             reference = references[i] if references is not None else None
             self.examples.append(PromptExample(index=i, prompt=text, input_ids=input_ids, reference=reference))
-        self.stats.kept = len(self.examples)
-        self.stats.log(logger, "prompts", f"max_prompt_len={max_prompt_len}")
-        if not self.examples:
-            raise DataError(rows.source, "no rows left after the over-long policy; expected at least one",
-                            field=prompt_key)
-
-    @property
-    def num_truncated(self) -> int:
-        return self.stats.truncated
-
-    @property
-    def num_dropped(self) -> int:
-        return self.stats.dropped
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> PromptExample:
-        return self.examples[i]
+        self._finish(rows.source, "prompts", f"max_prompt_len={max_prompt_len}", field=prompt_key)
 
     def collate(self, examples: Sequence[PromptExample]) -> PromptBatch:
         """Left-padded PromptBatch (a `collate_fn` for DataLoader / ResumableLoader)."""

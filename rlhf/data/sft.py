@@ -16,11 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from rlhf.data.collate import IGNORE_INDEX, SFTBatch, collate_sft
-from rlhf.data.encode import DatasetStats, check_policy, check_tokenizer, render_prompt_response, tokenize
-from rlhf.data.sources import DataError, expect_messages, expect_text, expect_text_or_messages, load_rows
+from rlhf.data.encode import DatasetStats, EncodedDataset, check_policy, check_tokenizer, render_prompt_response, tokenize
+from rlhf.data.sources import expect_messages, expect_text, expect_text_or_messages, load_rows
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +31,7 @@ class SFTExample:
     prompt_len: int  # number of prompt ids (the leading IGNORE_INDEX labels)
 
 
-class SFTDataset(torch.utils.data.Dataset):
+class SFTDataset(EncodedDataset):
     """Tokenized demonstrations from a hub name or a local json/jsonl/parquet/csv file or directory.
 
     Args:
@@ -103,24 +101,7 @@ class SFTDataset(torch.utils.data.Dataset):
                 self.stats.truncated_rows.append(i)
             self.examples.append(SFTExample(index=i, input_ids=p + r, labels=[IGNORE_INDEX] * len(p) + r,
                                             prompt_len=len(p)))
-        self.stats.kept = len(self.examples)
-        self.stats.log(logger, "SFT demonstrations", f"max_len={max_len}")
-        if not self.examples:
-            raise DataError(rows.source, "no rows left after the over-long policy; expected at least one")
-
-    @property
-    def num_truncated(self) -> int:
-        return self.stats.truncated
-
-    @property
-    def num_dropped(self) -> int:
-        return self.stats.dropped
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> SFTExample:
-        return self.examples[i]
+        self._finish(rows.source, "SFT demonstrations", f"max_len={max_len}")
 
     def collate(self, examples: Sequence[SFTExample]) -> SFTBatch:
         """SFTBatch padded on `padding_side` (a `collate_fn`)."""

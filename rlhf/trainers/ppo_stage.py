@@ -40,7 +40,11 @@ def load_prompts(cfg: PPOConfig):
 
 
 def init_ray(num_cpus: float | None = None) -> None:
-    """Join the Ray cluster named by RAY_ADDRESS, or start a local one bound to loopback."""
+    """Join the Ray cluster named by RAY_ADDRESS, or start a private local one bound to loopback.
+
+    Without RAY_ADDRESS we never attach to whatever Ray happens to run on the machine (plain
+    `ray.init()` would): another user's or test's cluster could be stopped under us.
+    """
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
@@ -49,7 +53,7 @@ def init_ray(num_cpus: float | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR")
     else:
-        ray.init(num_cpus=num_cpus, logging_level="ERROR", include_dashboard=False)
+        ray.init(address="local", num_cpus=num_cpus, logging_level="ERROR", include_dashboard=False)
 
 
 def run_ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, stage: str = "ppo") -> dict[str, float]:

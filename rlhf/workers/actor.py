@@ -17,6 +17,7 @@ from rlhf.data.batch import RolloutBatch
 from rlhf.models import (ModelOptions, SamplingParams, generate_rollouts, load_causal_lm, load_tokenizer,
                          response_logprobs, response_logprobs_and_entropy)
 from rlhf.workers.base import Dispatch, dispatch
+from rlhf.workers.faults import maybe_crash
 from rlhf.workers.inference import forward_in_chunks
 from rlhf.workers.trainable import TrainableWorker
 
@@ -59,6 +60,7 @@ class ActorWorker(TrainableWorker):
     def update(self, batch: RolloutBatch, loss_cfg: PolicyLossConfig, schedule: UpdateSchedule, step: int,
                temperature: float = 1.0) -> dict[str, float]:
         """PPO (or another registered policy loss) over this rank's shard; returns global metrics."""
+        maybe_crash("actor_update", step)
         policy_loss = get_policy_loss(loss_cfg.name)
         hyper = loss_cfg.hyper()
 

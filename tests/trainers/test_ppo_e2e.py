@@ -91,7 +91,9 @@ def comparable(rows):
     return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
 
 
-def test_sigkill_in_training_and_in_checkpoint_write_then_resume_matches(ray_cluster, assets, tmp_path):
+def test_kills_and_worker_death_then_resume_match_the_uninterrupted_run(ray_cluster, assets, tmp_path):
+    """SIGKILL of the controller in training and mid-checkpoint, and a worker dying mid-update: each
+    time the run resumes from the last complete checkpoint and ends exactly where an uninterrupted run does."""
     cfg = small_config(assets, trainer__total_steps=4, trainer__save_every=1, trainer__eval_every=2,
                        trainer__tensorboard=False)
     config_path = save_yaml(cfg, tmp_path / "ppo.yaml")
@@ -101,11 +103,15 @@ def test_sigkill_in_training_and_in_checkpoint_write_then_resume_matches(ray_clu
     crashed = tmp_path / "crashed"
     first = run_subprocess(config_path, crashed, "fresh", crash_at="after_step@2")  # logged step 2, no ckpt 2
     assert first.returncode == -9, first.stderr[-3000:]
-    second = run_subprocess(config_path, crashed, "resume", crash_at="checkpoint_write_actor@3")
-    assert second.returncode == -9, second.stderr[-3000:]
+    worker_death = run_subprocess(config_path, crashed, "resume", crash_at="actor_update@3")
+    assert worker_death.returncode == 1, worker_death.stderr[-3000:]
+    assert "worker 'actor' rank 0 failed in 'update'" in worker_death.stderr and "died" in worker_death.stderr
     checkpoints = crashed / "ppo" / "checkpoints"
-    assert any(p.name.startswith(".tmp-step_00000003") for p in checkpoints.iterdir())  # torn write left behind
     assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_00000001", "step_00000002"]
+    second = run_subprocess(config_path, crashed, "resume", crash_at="checkpoint_write_actor@4")
+    assert second.returncode == -9, second.stderr[-3000:]
+    assert any(p.name.startswith(".tmp-step_00000004") for p in checkpoints.iterdir())  # torn write left behind
+    assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_00000002", "step_00000003"]
     third = run_subprocess(config_path, crashed, "resume")
     assert third.returncode == 0, third.stderr[-3000:]
     assert not any(p.name.startswith(".tmp-") for p in checkpoints.iterdir())
