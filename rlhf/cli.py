@@ -1,26 +1,166 @@
-"""The `rlhf` command.
+"""The `rlhf` command: run a recipe's stages (prepare → sft → rm → ppo) from one Hydra config.
 
-Until the recipe stages land (Hydra recipes: sft → rm → ppo), the command checks that the
-installation is complete — every runtime dependency imports and the math core runs — and says so.
-Run `rlhf --help` for usage.
+    rlhf recipe=quickstart                    # run the recipe's stages in order
+    rlhf recipe=quickstart stages=[rm,ppo]    # only some stages (earlier outputs reused from run_dir)
+    rlhf recipe=quickstart run_dir=DIR        # where everything goes (default: outputs/<recipe>/<time>)
+    rlhf recipe=quickstart resume=true        # continue DIR from its last good checkpoint
+    rlhf recipe=quickstart dry_run=true       # validate and print the placement plan; start nothing
+    rlhf recipe=quickstart ppo.<field>=...    # override any field (likewise sft.*, rm.*, prepare.*)
+    rlhf --help                               # usage, the recipes, the main fields
+    rlhf                                      # check the installation
+
+How it departs from a plain `@hydra.main` app: the command composes with Hydra's Compose API inside
+`main(argv)`, so the working directory never changes, `--help` is ours, and there is no Hydra output
+directory (run_dir is). `recipe=NAME` picks `recipes/NAME.yaml` as the primary config; `configs/`
+holds the groups it composes (both at the repository's top level, found next to the package). Every
+other argument is a Hydra override (`key=value`, `+key=value`, `group@package=option`).
+
+Exit codes: 0 done; 2 the configuration (a field, the placement, a missing input) is refused, with a
+one-paragraph message and no traceback; 1 a crash while running (full traceback).
 """
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
+from datetime import datetime
+from pathlib import Path
 
 RUNTIME_MODULES = (
     "torch", "transformers", "datasets", "tokenizers", "safetensors", "ray", "deepspeed",
     "hydra", "omegaconf", "peft", "wandb", "tqdm", "matplotlib",
 )
+SCHEMA_NAME = "rlhf_run"  # RunConfig in Hydra's ConfigStore; every recipe's defaults list starts with it
+EXIT_CONFIG_ERROR = 2
 
-USAGE = """usage: rlhf [--help] [recipe=NAME ...]
+logger = logging.getLogger("rlhf")
 
-RLHF orchestration: actor, critic, reward and reference models as Ray actors, trained with DeepSpeed.
 
-No recipes are available yet in this version: `rlhf` with no arguments checks the installation
-(every dependency imports, the PPO math runs on a toy batch) and exits 0 when it is complete.
-"""
+class UsageError(ValueError):
+    """A command-line problem (no recipe, unknown recipe, missing configs/ or recipes/)."""
+
+
+# --- where the configs live ----------------------------------------------------------------------------
+def config_roots() -> tuple[Path, Path]:
+    """(configs/, recipes/) at the repository's top level, next to the `rlhf` package."""
+    import rlhf
+
+    top = Path(rlhf.__file__).resolve().parents[1]
+    configs, recipes = top / "configs", top / "recipes"
+    for path in (configs, recipes):
+        if not path.is_dir():
+            raise UsageError(f"{path} not found: `rlhf` reads its Hydra groups from configs/ and its recipes from "
+                             f"recipes/ beside the package ({top}); install from a source checkout "
+                             f"(pip install -e .)")
+    return configs, recipes
+
+
+def available_recipes(recipes: Path) -> dict[str, str]:
+    """Recipe name → the first line of its README (recipes/<name>.md)."""
+    found = {}
+    for path in sorted(recipes.glob("*.yaml")):
+        readme = path.with_suffix(".md")
+        title = readme.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip() if readme.exists() else ""
+        found[path.stem] = title
+    return found
+
+
+# --- composing the run config ---------------------------------------------------------------------------
+def compose(recipe: str, overrides: list[str]):
+    """The recipe composed with its groups and the overrides (a DictConfig, interpolations unresolved)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rlhf.config.run import RunConfig
+
+    configs, recipes = config_roots()
+    names = available_recipes(recipes)
+    if recipe not in names:
+        raise UsageError(f"recipe={recipe!r} is invalid: must be one of {sorted(names)} (files recipes/<name>.yaml)")
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=RunConfig)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(recipes), version_base="1.3", job_name="rlhf"):
+        return hydra_compose(config_name=recipe,
+                             overrides=[*overrides, f"hydra.searchpath=[file://{configs}]"])
+
+
+def build_config(recipe: str, overrides: list[str], now: datetime | None = None):
+    """The validated RunConfig: composed, run_dir defaulted and made absolute, converted (so every
+    dataclass's `__post_init__` runs)."""
+    from omegaconf import OmegaConf
+
+    cfg = compose(recipe, overrides)
+    cfg.recipe = recipe
+    if cfg.run_dir is None:  # must be set before `${run_dir}` interpolations resolve
+        cfg.run_dir = str(Path("outputs") / recipe / (now or datetime.now()).strftime("%Y%m%d-%H%M%S"))
+    cfg.run_dir = str(Path(cfg.run_dir).expanduser().resolve())  # Ray workers may not share our cwd
+    try:
+        return OmegaConf.to_object(cfg)
+    except ValueError as exc:  # a dataclass's __post_init__ refused a value: say which section
+        where = _failing_section(cfg)
+        if where is None:
+            raise
+        raise ValueError(f"in {where}: {exc}") from None
+
+
+def _failing_section(node, prefix: str = "") -> str | None:
+    """The dotted path of the deepest structured section whose conversion fails (None: not below `node`)."""
+    from dataclasses import is_dataclass
+
+    from omegaconf import DictConfig, OmegaConf
+
+    for key in node.keys():
+        child = node._get_node(key)
+        if not isinstance(child, DictConfig) or child._is_none() or not is_dataclass(OmegaConf.get_type(child)):
+            continue
+        path = f"{prefix}{key}"
+        try:
+            OmegaConf.to_object(child)
+        except ValueError:
+            return _failing_section(child, path + ".") or path
+    return None
+
+
+# --- the command ---------------------------------------------------------------------------------------
+def usage() -> str:
+    lines = ["usage: rlhf recipe=NAME [stages=[a,b]] [run_dir=DIR] [resume=true] [dry_run=true] "
+             "[section.field=value ...]", "       rlhf --help | rlhf  (no arguments: check the installation)", "",
+             "RLHF orchestration: actor, critic, reward and reference models as Ray actors, trained with DeepSpeed;",
+             "a recipe runs its stages in order: prepare → sft → rm → ppo.", ""]
+    try:
+        configs, recipes = config_roots()
+        names = available_recipes(recipes)
+        lines.append(f"recipes ({recipes}):")
+        lines += [f"  {name:<18} {title}" for name, title in names.items()] or ["  (none)"]
+        groups = sorted(p.name for p in configs.iterdir() if p.is_dir())
+        lines += ["", f"config groups ({configs}): " + ", ".join(groups),
+                  "  swap one as the recipe places it, e.g. engine@ppo.engines.actor=zero3_bf16 or logging=quiet"]
+    except UsageError as exc:
+        lines.append(f"recipes: unavailable ({exc})")
+    lines += ["", "main fields (rlhf/config/run.py):",
+              "  recipe=NAME            which recipes/NAME.yaml to run (required)",
+              "  stages=[rm,ppo]        run only these of the recipe's stages (default: all); earlier stages'",
+              "                         outputs must already be in run_dir",
+              "  run_dir=DIR            outputs: summary.json, metrics.jsonl, config.yaml, <stage>/final",
+              "                         (default: outputs/<recipe>/<YYYYmmdd-HHMMSS>)",
+              "  resume=true            skip finished stages, continue the first unfinished one from its checkpoint",
+              "  overwrite=true         let a fresh stage discard its previous outputs in run_dir",
+              "  dry_run=true           validate, print the placement/ZeRO/memory plan; start no Ray, no actors",
+              "  ppo_reward_norm_from_rm=true  normalise PPO rewards by the RM's held-out score mean/std",
+              "sections (any field overridable):",
+              "  prepare.*   task data and tiny model built into run_dir (embedded default)",
+              "  sft.*       SFTConfig: model, data, engine, placement, use_gpu, trainer (rlhf/config/supervised.py)",
+              "  rm.*        RMConfig: as sft, plus margin, calibration_bins",
+              "  ppo.*       PPOConfig: actor, critic, reward, reference, reward_role, data, task, rollout,",
+              "              algorithm, engines, placement, trainer (rlhf/config/ppo.py)",
+              "", "examples:",
+              "  rlhf recipe=quickstart",
+              "  rlhf recipe=quickstart run_dir=outputs/q1 stages=[ppo] resume=true ppo.trainer.total_steps=80",
+              "  rlhf recipe=hh_rlhf_llama8b dry_run=true",
+              "", "exit codes: 0 done; 2 configuration refused (message names the field); 1 crash (traceback)"]
+    return "\n".join(lines)
 
 
 def check_installation() -> list[str]:
@@ -60,15 +200,7 @@ def smoke_math() -> dict[str, float]:
     return {"policy_loss": float(loss), "clip_frac": float(metrics["clip_frac"])}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
-        return 0
-    if args:
-        print(f"rlhf: no recipes are available yet in this version (got: {' '.join(args)}).\n"
-              "Run `rlhf` with no arguments to check the installation.", file=sys.stderr)
-        return 2
+def _installation_report() -> int:
     missing = check_installation()
     if missing:
         print("rlhf: installation incomplete:\n  " + "\n  ".join(missing), file=sys.stderr)
@@ -78,8 +210,85 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"rlhf {rlhf.__version__}: installation OK ({len(RUNTIME_MODULES)} dependencies import; "
           f"PPO math smoke test: policy_loss={result['policy_loss']:.4f}).\n"
-          "No recipes yet: see README.md for what is available.")
+          "Run a recipe with `rlhf recipe=quickstart`; `rlhf --help` lists the recipes and fields.")
     return 0
+
+
+def _refuse(exc: BaseException) -> int:
+    """Print a configuration error as one paragraph (no traceback) and return the exit code."""
+    print(f"rlhf: error: {error_text(exc)}", file=sys.stderr)
+    return EXIT_CONFIG_ERROR
+
+
+def error_text(exc: BaseException) -> str:
+    """One paragraph: the message and its causes (OmegaConf's carry the full key), without Hydra's
+    config search path or OmegaConf's type bookkeeping."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        lines = []
+        for line in (str(exc).strip() or type(exc).__name__).splitlines():
+            line = line.strip()
+            if line.startswith("Config search path"):
+                break
+            if line and not line.startswith(("reference_type=", "object_type=", "provider=")):
+                lines.append(line)
+        text = " ".join(lines)
+        if text and text not in parts:
+            parts.append(text)
+        exc = exc.__cause__
+    return " — ".join(parts)
+
+
+def _config_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return (ValueError, TypeError, HydraException, OmegaConfBaseException)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help", "help") for a in args):
+        print(usage())
+        return 0
+    if not args:
+        return _installation_report()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    recipes = [a.split("=", 1)[1] for a in args if a.startswith("recipe=")]
+    overrides = [a for a in args if not a.startswith("recipe=")]
+    if len(recipes) != 1:
+        return _refuse(UsageError(
+            f"give exactly one recipe=NAME (got {len(recipes)}); recipes: {sorted(_recipe_names())}. "
+            f"See `rlhf --help`."))
+
+    # Phase 1: everything that can be checked before Ray or any actor starts. Errors here are the
+    # user's configuration: one paragraph, exit 2.
+    from rlhf.trainers.pipeline import describe_plan, preflight, run_pipeline
+
+    try:
+        cfg = build_config(recipes[0], overrides)
+        report = preflight(cfg)
+        if cfg.dry_run:
+            print(describe_plan(cfg, report))
+            print("\ndry run: configuration valid, placement fits; nothing was started.")
+            return 0
+    except _config_errors() as exc:
+        return _refuse(exc)
+
+    # Phase 2: the stages. A failure here is a crash: the full traceback goes to stderr.
+    summary = run_pipeline(cfg, report)
+    print(f"\nrun_dir: {report.run_dir}\nsummary.json: " + ", ".join(
+        f"{stage}: {len(values)} values" for stage, values in summary.items()))
+    return 0
+
+
+def _recipe_names() -> list[str]:
+    try:
+        return list(available_recipes(config_roots()[1]))
+    except UsageError:
+        return []
 
 
 if __name__ == "__main__":

@@ -1,0 +1,133 @@
+"""Every recipe end to end on CPU through the real `rlhf` command, with tiny step counts (DESIGN.md §7):
+quickstart's four stages, resume/skip/overwrite rules on its run_dir, and 1–2 steps of the GRPO and
+real-model recipes with model and data swapped for tiny ones by overrides (as their READMEs document).
+Each `rlhf` process starts its own local Ray on loopback (~5 s) plus DeepSpeed engines."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RLHF = Path(sys.executable).parent / "rlhf"
+QUICKSTART_SMOKE = [
+    "logging=quiet",
+    "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16",
+    "prepare.task_kwargs.num_train_pairs=64", "prepare.task_kwargs.num_eval_pairs=16",
+    "sft.trainer.total_steps=2", "sft.trainer.batch_size=8", "sft.trainer.micro_batch_size=8",
+    "rm.trainer.total_steps=2", "rm.trainer.batch_size=8", "rm.trainer.micro_batch_size=8",
+    "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=8", "ppo.algorithm.update.micro_batch_size=4",
+    "ppo.engines.forward_micro_batch_size=8", "ppo.data.max_eval_prompts=8",
+]
+
+
+def rlhf(*args, timeout=600):
+    result = subprocess.run([str(RLHF), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ})
+    return result
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("quickstart") / "run"
+    ok(rlhf("recipe=quickstart", f"run_dir={run_dir}", *QUICKSTART_SMOKE))
+    return run_dir
+
+
+def test_quickstart_runs_every_stage_and_writes_the_contracted_outputs(quickstart):
+    summary = json.loads((quickstart / "summary.json").read_text())
+    assert set(summary) == {"sft", "rm", "ppo"}
+    assert "eval_accuracy" in summary["rm"]
+    assert {"gold_reward_initial", "gold_reward_final"} <= set(summary["ppo"])
+    for stage in ("sft", "rm", "ppo"):
+        final = quickstart / stage / "final"
+        assert (final / "config.json").exists() and (final / "tokenizer.json").exists(), stage
+        assert summary[stage]["steps"] == 2
+    logged = records(quickstart)
+    assert {r["stage"] for r in logged} == {"sft", "rm", "ppo"} and all("step" in r for r in logged)
+    assert (quickstart / "config.yaml").exists() and (quickstart / "data" / "sft.jsonl").exists()
+    # The RM's held-out score mean/std became PPO's reward normalisation (ppo_reward_norm_from_rm).
+    from omegaconf import OmegaConf
+
+    stored = OmegaConf.load(quickstart / "config.yaml")
+    assert stored.ppo_reward_norm_from_rm is True
+
+
+def test_resume_skips_finished_stages_without_starting_anything(quickstart):
+    result = ok(rlhf("recipe=quickstart", f"run_dir={quickstart}", "resume=true", *QUICKSTART_SMOKE, timeout=120))
+    for stage in ("sft", "rm", "ppo"):
+        assert f"stage {stage}: skip" in result.stderr
+    assert "Ray" not in result.stderr.replace("rlhf.trainers", "")
+
+
+def test_fresh_rerun_into_a_used_run_dir_is_refused(quickstart):
+    result = rlhf("recipe=quickstart", f"run_dir={quickstart}", "stages=[rm,ppo]", *QUICKSTART_SMOKE, timeout=120)
+    assert result.returncode == 2 and "resume=true" in result.stderr and "overwrite=true" in result.stderr
+
+
+def test_ppo_resumes_from_its_checkpoint_when_given_more_steps(quickstart, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(quickstart, run_dir)
+    smoke = [o for o in QUICKSTART_SMOKE if not o.startswith("ppo.trainer.total_steps")]
+    result = ok(rlhf("recipe=quickstart", f"run_dir={run_dir}", "stages=[ppo]", "resume=true",
+                     "ppo.trainer.total_steps=3", *smoke))
+    assert "stage ppo: resuming" in result.stderr
+    steps = [r["step"] for r in records(run_dir) if r["stage"] == "ppo"]
+    assert steps == [0, 1, 2, 3]  # step 0 = the initial evaluation; nothing repeated
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ppo"]["steps"] == 3 and summary["rm"] == json.loads((quickstart / "summary.json").read_text())["rm"]
+
+
+def test_quickstart_grpo_reuses_earlier_stage_outputs(quickstart, tmp_path):
+    """GRPO with the verifier as reward; its prepare and sft outputs are taken from the quickstart run."""
+    run_dir = tmp_path / "run"
+    for part in ("data", "base", "sft"):
+        shutil.copytree(quickstart / part, run_dir / part)
+    ok(rlhf("recipe=quickstart_grpo", f"run_dir={run_dir}", "stages=[ppo]", "logging=quiet",
+            "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4", "ppo.algorithm.update.micro_batch_size=4",
+            "ppo.engines.forward_micro_batch_size=8", "ppo.data.max_eval_prompts=8",
+            # the copied data was written with the quickstart smoke's task size
+            "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ppo"]["steps"] == 2 and "gold_reward_final" in summary["ppo"]
+    assert not (run_dir / "ppo" / "final_critic").exists()  # critic-free
+
+
+def test_hh_rlhf_llama8b_smoke_on_cpu(quickstart, tmp_path):
+    base, data = quickstart / "base", quickstart / "data"
+    ok(rlhf("recipe=hh_rlhf_llama8b", f"run_dir={tmp_path}", "logging=quiet",
+            f"rm.model.path={base}", f"rm.data.train={data}/preferences_train.jsonl",
+            f"rm.data.eval={data}/preferences_eval.jsonl", "rm.data.eval_split=train", "rm.data.max_len=16",
+            "rm.use_gpu=false", "rm.placement.num_nodes=1", "rm.placement.devices_per_node=1",
+            "rm.placement.cpus_per_rank=1", "rm.engine.total_steps=2", "rm.engine.warmup_steps=0",
+            "rm.trainer.total_steps=2", "rm.trainer.batch_size=8", "rm.trainer.micro_batch_size=8",
+            f"ppo.actor.path={base}", f"ppo.data.train={data}/train_prompts.jsonl",
+            f"ppo.data.eval={data}/eval_prompts.jsonl", "ppo.data.eval_split=train", "ppo.data.max_prompt_len=16",
+            "ppo.data.max_eval_prompts=8", "placement@ppo.placement=cpu_local", "ppo.rollout.prompts_per_step=8",
+            "ppo.rollout.max_new_tokens=4", "ppo.algorithm.update.micro_batch_size=2",
+            "ppo.engines.forward_micro_batch_size=8", "ppo.trainer.total_steps=2"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rm"]["steps"] == 2 and summary["ppo"]["steps"] == 2
+    assert (tmp_path / "ppo" / "final_critic").exists()
+
+
+def test_gsm8k_qwen05b_smoke_on_cpu(quickstart, tmp_path):
+    base, data = quickstart / "base", quickstart / "data"
+    ok(rlhf("recipe=gsm8k_qwen05b", f"run_dir={tmp_path}", "logging=quiet",
+            f"ppo.actor.path={base}", f"ppo.data.train={data}/train_prompts.jsonl",
+            f"ppo.data.eval={data}/eval_prompts.jsonl", "ppo.data.max_prompt_len=16", "ppo.data.max_eval_prompts=8",
+            "ppo.data.use_chat_template=false", "ppo.task.name=arithmetic", "placement@ppo.placement=cpu_local",
+            "ppo.rollout.prompts_per_step=4", "ppo.rollout.samples_per_prompt=2", "ppo.rollout.max_new_tokens=4",
+            "ppo.algorithm.update.micro_batch_size=2", "ppo.engines.forward_micro_batch_size=8",
+            "ppo.trainer.total_steps=2"))
+    assert json.loads((tmp_path / "summary.json").read_text())["ppo"]["steps"] == 2

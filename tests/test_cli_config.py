@@ -1,0 +1,158 @@
+"""The `rlhf` command's configuration path, run as a user runs it: help, refused overrides (exit 2,
+one paragraph naming the field, no traceback), dry runs of every recipe (no Ray), and the run-config
+rules (stage subsets, resume decisions, missing inputs) through `rlhf.cli.build_config` in process."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhf.cli import available_recipes, build_config, config_roots, main
+
+RLHF = Path(sys.executable).parent / "rlhf"
+RECIPES = sorted(available_recipes(config_roots()[1]))
+
+
+def rlhf(*args, timeout=120):
+    return subprocess.run([str(RLHF), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ})
+
+
+def test_help_lists_recipes_and_main_fields():
+    result = rlhf("--help")
+    assert result.returncode == 0
+    assert "usage: rlhf recipe=NAME" in result.stdout
+    for name in ("quickstart", "quickstart_grpo", "hh_rlhf_llama8b", "gsm8k_qwen05b"):
+        assert name in result.stdout
+    for field in ("stages=", "run_dir=", "resume=", "dry_run=", "sft.*", "rm.*", "ppo.*"):
+        assert field in result.stdout
+
+
+@pytest.mark.parametrize("override, names", [
+    ("ppo.rollout.temperature=-1", ["ppo.rollout", "temperature=-1.0", "> 0"]),
+    ("ppo.rollout.tempurature=1", ["ppo.rollout.tempurature"]),  # unknown key
+    ("ppo.trainer.total_steps=abc", ["ppo.trainer.total_steps", "Integer"]),  # wrong type
+    ("stages=[rm,bogus]", ["stages", "bogus", "prepare", "sft", "rm", "ppo"]),  # unknown stage
+    ("ppo.algorithm.advantage.estimator=foo", ["estimator='foo'", "grpo"]),
+    ("engine@ppo.engines.actor=nope", ["engine/nope", "zero3_bf16"]),
+    ("sft.trainer.batch_size=10", ["sft", "batch_size=10", "divisible"]),
+])
+def test_bad_overrides_exit_2_with_a_message_naming_the_field(tmp_path, override, names):
+    result = rlhf("recipe=quickstart", f"run_dir={tmp_path}", "dry_run=true", override)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("rlhf: error:") and "Traceback" not in result.stderr
+    for name in names:
+        assert name in result.stderr, (name, result.stderr)
+
+
+def test_missing_or_unknown_recipe_is_refused():
+    assert "quickstart" in rlhf("stages=[ppo]").stderr
+    result = rlhf("recipe=nope")
+    assert result.returncode == 2 and "recipe='nope'" in result.stderr and "quickstart" in result.stderr
+
+
+def _dry_run_expectation(recipe):
+    from rlhf.tasks import available_tasks
+
+    if recipe == "gsm8k_qwen05b" and "gsm8k" not in available_tasks():
+        return 2, "unknown task 'gsm8k'"  # the recipe needs rlhf/tasks gsm8k (see recipes/gsm8k_qwen05b.md)
+    return 0, "nothing was started"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_dry_runs_against_its_cluster(tmp_path, recipe):
+    code, text = _dry_run_expectation(recipe)
+    result = rlhf(f"recipe={recipe}", f"run_dir={tmp_path / 'run'}", "dry_run=true")
+    assert result.returncode == code, result.stdout + result.stderr
+    assert text in result.stdout + result.stderr
+    if code == 0:
+        assert "placement ==" in result.stdout and "ZeRO-" in result.stdout
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def test_real_model_recipe_plans_on_its_described_cluster(tmp_path):
+    result = rlhf("recipe=hh_rlhf_llama8b", f"run_dir={tmp_path}", "dry_run=true")
+    assert result.returncode == 0, result.stderr
+    assert "described (ppo.placement.cluster)" in result.stdout
+    assert "roles=actor+reference  1 node(s) × 8 GPU(s) on node0" in result.stdout
+    assert "roles=critic+reward  1 node(s) × 8 GPU(s) on node1" in result.stdout
+    assert "ZeRO-3" in result.stdout
+
+
+def test_impossible_cluster_is_refused_with_exit_2(tmp_path):
+    result = rlhf("recipe=hh_rlhf_llama8b", f"run_dir={tmp_path}", "dry_run=true",
+                  "ppo.placement.cluster=[{gpus:8,cpus:96,gpu_memory_gb:79}]")
+    assert result.returncode == 2
+    assert "placement does not fit the cluster" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dry_run_starts_no_ray(tmp_path, capsys):
+    """In process: the dry run never imports Ray, so no raylet or actor can have started."""
+    code = subprocess.run([sys.executable, "-c", (
+        "import sys; from rlhf.cli import main\n"
+        f"rc = main(['recipe=quickstart', 'run_dir={tmp_path}', 'dry_run=true'])\n"
+        "assert rc == 0, rc\n"
+        "assert 'ray' not in sys.modules, 'the dry run imported ray'\n"
+        f"rc = main(['recipe=hh_rlhf_llama8b', 'run_dir={tmp_path}', 'dry_run=true', 'ppo.placement.cluster=[{{gpus:1}}]'])\n"
+        "assert rc == 2, rc\n"
+        "assert 'ray' not in sys.modules\n")], capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert code.returncode == 0, code.stderr
+
+
+# --- run-config rules, in process (no subprocess, no Ray) ------------------------------------------
+def test_interpolations_follow_run_dir_and_stages_default_to_the_recipe(tmp_path):
+    cfg = build_config("quickstart", [f"run_dir={tmp_path}"])
+    assert cfg.selected_stages == ["prepare", "sft", "rm", "ppo"]
+    assert cfg.ppo.actor.path == f"{tmp_path}/sft/final" and cfg.rm.model.path == f"{tmp_path}/sft/final"
+    assert cfg.ppo.reward.path == f"{tmp_path}/rm/final" and cfg.ppo.critic_path() == f"{tmp_path}/rm/final"
+    assert cfg.sft.data.train == f"{tmp_path}/data/sft.jsonl"
+    assert cfg.ppo.task.kwargs == cfg.prepare.task_kwargs
+
+
+def test_default_run_dir_is_outputs_recipe_time():
+    from datetime import datetime
+
+    cfg = build_config("quickstart", [], now=datetime(2025, 1, 2, 3, 4, 5))
+    assert cfg.run_dir == str(Path("outputs/quickstart/20250102-030405").resolve())
+
+
+def test_reward_norm_from_rm_and_explicit_values_conflict(tmp_path):
+    with pytest.raises(ValueError, match="ppo_reward_norm_from_rm"):
+        build_config("quickstart", [f"run_dir={tmp_path}", "ppo.algorithm.reward.normalize_std=2.0"])
+    cfg = build_config("quickstart", [f"run_dir={tmp_path}", "ppo_reward_norm_from_rm=false",
+                                      "ppo.algorithm.reward.normalize_std=2.0"])
+    assert cfg.ppo.algorithm.reward.normalize_std == 2.0  # the user's value, untouched
+
+
+def test_skipped_stage_output_must_exist(tmp_path):
+    result = rlhf("recipe=quickstart", f"run_dir={tmp_path}", "stages=[rm,ppo]", "dry_run=true")
+    assert result.returncode == 2
+    assert f"{tmp_path}/sft/final does not exist" in result.stderr and "stage 'sft'" in result.stderr
+
+
+def test_resume_decisions(tmp_path):
+    from rlhf.trainers.pipeline import decide
+
+    cfg = build_config("quickstart", [f"run_dir={tmp_path}", "resume=true"])
+    (tmp_path / "sft" / "final").mkdir(parents=True)
+    (tmp_path / "rm" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "summary.json").write_text(json.dumps({"sft": {"steps": cfg.sft.trainer.total_steps}}))
+    actions = {d.stage: d.action for d in decide(cfg, tmp_path)}
+    assert actions == {"prepare": "run", "sft": "skip", "rm": "resume", "ppo": "run"}
+    # More steps than the finished run did: the stage is continued, not skipped.
+    longer = build_config("quickstart", [f"run_dir={tmp_path}", "resume=true", "sft.trainer.total_steps=999"])
+    assert {d.stage: d.action for d in decide(longer, tmp_path)}["sft"] == "resume"
+    # Without resume, existing outputs are refused unless overwrite=true.
+    fresh = build_config("quickstart", [f"run_dir={tmp_path}"])
+    from rlhf.trainers.pipeline import PipelineError
+
+    with pytest.raises(PipelineError, match="overwrite=true"):
+        decide(fresh, tmp_path)
+    forced = build_config("quickstart", [f"run_dir={tmp_path}", "overwrite=true"])
+    assert [d.clear for d in decide(forced, tmp_path)] == [False, True, True, False]
+
+
+def test_no_arguments_checks_the_installation(capsys):
+    assert main([]) == 0
+    assert "installation OK" in capsys.readouterr().out
