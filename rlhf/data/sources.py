@@ -76,8 +76,9 @@ def load_rows(source: str | Path, split: str = "train", cache_dir: str | None = 
       file is the whole split, whatever its name (slicing such as `train[:100]` works);
     - an existing directory: `datasets` infers the builder and the splits from the file names
       (e.g. `train.jsonl`, `test.jsonl`);
-    - anything else is a hub dataset name (`org/name`); a path-like string that does not exist
-      (has a data extension, or starts with `/`, `.` or `~`) is reported as a missing file.
+    - anything else is a hub dataset name (`org/name`, or `org/name:config` for a dataset with named
+      configs, e.g. `openai/gsm8k:main`); a path-like string that does not exist (has a data
+      extension, or starts with `/`, `.` or `~`) is reported as a missing file.
     """
     import datasets
 
@@ -104,7 +105,8 @@ def load_rows(source: str | Path, split: str = "train", cache_dir: str | None = 
     elif path.suffix.lower() in BUILDERS or text.startswith(("/", ".", "~")):
         raise DataError(text, "file not found")
     else:
-        load = partial(datasets.load_dataset, text, split=split, cache_dir=cache_dir)
+        name, _, config = text.partition(":")
+        load = partial(datasets.load_dataset, name, config or None, split=split, cache_dir=cache_dir)
     try:
         dataset = load()
     except DataError:

@@ -1,6 +1,6 @@
 """rlhf.tasks — built-in tasks: data generators and verifiable (gold) rewards (DESIGN.md §2, §7).
 
-Imports only the standard library (and torch where a task needs it). Tasks register by name:
+Imports only the standard library, torch, and `rlhf.data` where a task reads real data. Tasks register by name:
 
     from rlhf.tasks import get_task
     task = get_task("arithmetic", seed=0)
@@ -8,8 +8,9 @@ Imports only the standard library (and torch where a task needs it). Tasks regis
     task.reward("81", "81")                        # 1.0
 """
 from rlhf.tasks.registry import Task, available_tasks, get_task, register_task, write_jsonl
-from rlhf.tasks import arithmetic  # noqa: E402,F401  (registers "arithmetic")
+from rlhf.tasks import arithmetic, gsm8k  # noqa: E402,F401  (registers "arithmetic" and "gsm8k")
 from rlhf.tasks.arithmetic import ArithmeticConfig, ArithmeticTask, arithmetic_reward, parse_answer
+from rlhf.tasks.gsm8k import Gsm8kTask, gsm8k_reward
 
 __all__ = ["Task", "available_tasks", "get_task", "register_task", "write_jsonl", "ArithmeticConfig",
-           "ArithmeticTask", "arithmetic_reward", "parse_answer"]
+           "ArithmeticTask", "arithmetic_reward", "parse_answer", "Gsm8kTask", "gsm8k_reward"]

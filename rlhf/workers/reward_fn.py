@@ -96,8 +96,8 @@ class RewardFunctionRunner:
     def close(self) -> None:
         self._restart()
 
-    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+    def __del__(self) -> None:  # pragma: no cover - best effort, also while Ray kills the actor
         try:
             self.close()
-        except Exception:
+        except BaseException:  # SystemExit/KeyboardInterrupt during teardown must not print tracebacks
             pass
