@@ -37,6 +37,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "hypothesis>=6.80"],
+        # bench/run.py only: trl 1.12.0 is the last release with the four-model PPOTrainer we compare with.
+        "bench": ["trl==1.12.0", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["rlhf=rlhf.cli:main"]},
 )

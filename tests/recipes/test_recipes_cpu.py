@@ -125,7 +125,8 @@ def test_gsm8k_qwen05b_smoke_on_cpu(quickstart, tmp_path):
     base, data = quickstart / "base", quickstart / "data"
     ok(rlhf("recipe=gsm8k_qwen05b", f"run_dir={tmp_path}", "logging=quiet",
             f"ppo.actor.path={base}", f"ppo.data.train={data}/train_prompts.jsonl",
-            f"ppo.data.eval={data}/eval_prompts.jsonl", "ppo.data.max_prompt_len=16", "ppo.data.max_eval_prompts=8",
+            f"ppo.data.eval={data}/eval_prompts.jsonl", "ppo.data.prompt_key=prompt", "ppo.data.eval_split=train",
+            "ppo.data.max_prompt_len=16", "ppo.data.max_eval_prompts=8",
             "ppo.data.use_chat_template=false", "ppo.task.name=arithmetic", "placement@ppo.placement=cpu_local",
             "ppo.rollout.prompts_per_step=4", "ppo.rollout.samples_per_prompt=2", "ppo.rollout.max_new_tokens=4",
             "ppo.algorithm.update.micro_batch_size=2", "ppo.engines.forward_micro_batch_size=8",
