@@ -17,6 +17,7 @@ QUICKSTART_SMOKE = [
     "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16",
     "prepare.task_kwargs.num_train_pairs=64", "prepare.task_kwargs.num_eval_pairs=16",
     "sft.trainer.total_steps=2", "sft.trainer.batch_size=8", "sft.trainer.micro_batch_size=8",
+    "sft.engine.warmup_steps=0", "rm.engine.warmup_steps=0",  # the cosine schedule needs steps > warm-up
     "rm.trainer.total_steps=2", "rm.trainer.batch_size=8", "rm.trainer.micro_batch_size=8",
     "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=8", "ppo.algorithm.update.micro_batch_size=4",
     "ppo.engines.forward_micro_batch_size=8", "ppo.data.max_eval_prompts=8",
