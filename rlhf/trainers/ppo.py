@@ -87,7 +87,8 @@ class PPOTrainer:
         self.metrics = MetricsLogger(self.run_dir, self.stage, tensorboard=self.cfg.trainer.tensorboard,
                                      wandb=self.cfg.trainer.wandb, wandb_project=self.cfg.trainer.wandb_project,
                                      total_steps=self.cfg.trainer.total_steps, progress=self.cfg.trainer.progress,
-                                     config=_jsonable(asdict(self.cfg)), resume_step=resume_step)
+                                     config=_jsonable(asdict(self.cfg)), resume_step=resume_step,
+                                     console_every=max(1, self.cfg.trainer.total_steps // 20))
         try:
             if self.state.step == 0 and not self.state.initial_eval:
                 self.state.initial_eval = self.evaluate()

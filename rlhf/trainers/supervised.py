@@ -55,7 +55,8 @@ class SupervisedTrainer:
         metrics = MetricsLogger(self.run_dir, self.stage, tensorboard=trainer.tensorboard, wandb=trainer.wandb,
                                 wandb_project=trainer.wandb_project, total_steps=trainer.total_steps,
                                 progress=trainer.progress, resume_step=resume_step,
-                                progress_keys=("loss", "accuracy", "eval/loss"))
+                                progress_keys=("loss", "accuracy", "eval/loss"),
+                                console_every=max(1, trainer.total_steps // 20))
         with metrics:
             while self.state.step < trainer.total_steps:
                 step = self.state.step + 1
