@@ -44,20 +44,12 @@ def single_process_dist_env() -> None:
 # --- our PPO ---------------------------------------------------------------------------------------
 def start_ray_groups(cfg, actor_threads: int):
     """`ppo_setup.start_worker_groups` with the timed worker classes and the bench's thread count."""
-    from rlhf.distributed.worker_group import RoleGroups
-    from rlhf.trainers.ppo_setup import init_models, make_plan
+    from rlhf.trainers.ppo_setup import start_worker_groups
     from bench.timed_workers import TIMED_WORKERS
 
     env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "RLHF_BENCH_THREADS": str(actor_threads), "OMP_NUM_THREADS": str(actor_threads)}
-    groups = RoleGroups.create(make_plan(cfg), {r: TIMED_WORKERS[r] for r in cfg.roles()}, seed=cfg.trainer.seed,
-                               env_vars=env, call_timeout_s=cfg.trainer.call_timeout_s)
-    try:
-        init_models(cfg, groups)
-    except BaseException:
-        groups.shutdown()
-        raise
-    return groups
+    return start_worker_groups(cfg, env_vars=env, worker_classes=TIMED_WORKERS)
 
 
 def start_local_groups(cfg):

@@ -19,11 +19,14 @@ def make_plan(cfg: PPOConfig, use_running_cluster: bool = True) -> PlacementPlan
     return plan_placement(cfg.placement, cfg.roles(), cluster=cluster)
 
 
-def start_worker_groups(cfg: PPOConfig, env_vars: dict[str, str] | None = None) -> RoleGroups:
-    """Create every role's worker group and load its model (Ray must be initialised)."""
+def start_worker_groups(cfg: PPOConfig, env_vars: dict[str, str] | None = None,
+                        worker_classes: dict[str, type] | None = None) -> RoleGroups:
+    """Create every role's worker group and load its model (Ray must be initialised).
+
+    `worker_classes` replaces the role classes (e.g. the benchmark's instrumented subclasses)."""
     plan = make_plan(cfg)
-    roles = cfg.roles()
-    groups = RoleGroups.create(plan, {r: WORKER_CLASSES[r] for r in roles}, seed=cfg.trainer.seed,
+    classes = worker_classes or WORKER_CLASSES
+    groups = RoleGroups.create(plan, {r: classes[r] for r in cfg.roles()}, seed=cfg.trainer.seed,
                                env_vars=env_vars, call_timeout_s=cfg.trainer.call_timeout_s)
     try:
         init_models(cfg, groups)
