@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.monitor import CpuMonitor, Policy, measure_loop, peak_rss_mb, rss_mb
+from bench.monitor import Policy, measure_loop, peak_rss_mb, rss_mb
 from bench.workload import Assets, Workload, load_pairs, load_prompts, ppo_config, ppo_flops
 
 REPO = Path(__file__).resolve().parents[1]
