@@ -137,7 +137,8 @@ def test_resume_decisions(tmp_path):
     actions = {d.stage: d.action for d in decide(cfg, tmp_path)}
     assert actions == {"prepare": "run", "sft": "skip", "rm": "resume", "ppo": "run"}
     # More steps than the finished run did: the stage is continued, not skipped.
-    longer = build_config("quickstart", [f"run_dir={tmp_path}", "resume=true", "sft.trainer.total_steps=999"])
+    more = cfg.sft.trainer.total_steps + 500
+    longer = build_config("quickstart", [f"run_dir={tmp_path}", "resume=true", f"sft.trainer.total_steps={more}"])
     assert {d.stage: d.action for d in decide(longer, tmp_path)}["sft"] == "resume"
     # Without resume, existing outputs are refused unless overwrite=true.
     fresh = build_config("quickstart", [f"run_dir={tmp_path}"])
