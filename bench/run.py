@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="warm-up iterations not reported (2)")
     p.add_argument("--scaling-iterations", type=int, default=4, help="iterations per scaling point incl. 1 warm-up")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per process (= cores)")
-    p.add_argument("--actor-threads", type=int, default=None, help="torch threads in each Ray actor (--threads)")
+    p.add_argument("--actor-threads", type=int, default=1,
+                   help="torch threads in each Ray actor (default 1: what Ray gives a fractional-CPU actor)")
     p.add_argument("--busy-threshold", type=float, default=0.1,
                    help="an iteration is disturbed when other processes used more than this many cores")
     p.add_argument("--max-extra", type=int, default=None, help="extra iterations to replace disturbed ones")
