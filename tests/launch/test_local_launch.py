@@ -158,3 +158,27 @@ def test_entrypoint_status_is_returned_and_usage_without_arguments(tmp_path):
     assert subprocess.run(["bash", str(LOCAL), "recipe=x"], env=env, capture_output=True).returncode == 1
     usage = subprocess.run(["bash", str(LOCAL)], env=env, capture_output=True, text=True)
     assert usage.returncode == 2 and "recipe=" in usage.stdout
+
+
+def test_quickstart_runs_through_ray_job_submit(tmp_path):
+    """The real thing: local.sh starts a loopback head, the driver submits `rlhf recipe=quickstart` (a
+    few steps per stage) with submit.py, the job runs all four stages on that cluster and succeeds."""
+    sys.path.insert(0, str(ROOT / "tests" / "recipes"))
+    from test_recipes_cpu import QUICKSTART_SMOKE
+
+    result_file, driver = tmp_path / "result.json", tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    run_dir = tmp_path / "run"
+    port, dashboard = free_port(), free_port()
+    env = clean_env(RAY_PORT=str(port), RAY_DASHBOARD_PORT=str(dashboard), DASHBOARD_PORT=str(dashboard),
+                    RAY_AGENT_PORT=str(free_port()), RAY_CLIENT_PORT=str(free_port()),
+                    RAY_NUM_CPUS="2", RAY_NUM_GPUS="0", RLHF_ENTRYPOINT=f"{sys.executable} {driver}",
+                    SUBMIT_PY=str(ROOT / "launch" / "submit.py"), FAKE_RLHF=str(BIN / "rlhf"),
+                    RESULT_FILE=str(result_file))
+    args = ["recipe=quickstart", f"run_dir={run_dir}", *QUICKSTART_SMOKE]
+    proc = run_in_own_session(["bash", str(LOCAL), *args], env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    code, out, err = json.loads(result_file.read_text())["ok"]
+    assert code == 0 and "SUCCEEDED" in err, out[-3000:] + err[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary) == {"sft", "rm", "ppo"} and summary["ppo"]["steps"] == 2
