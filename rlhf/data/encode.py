@@ -134,6 +134,20 @@ class EncodedDataset(torch.utils.data.Dataset):
     examples: list
     stats: DatasetStats
 
+    def _load(self, source, tokenizer, *, split: str, cache_dir: str | None, overlong: str, limit: int | None,
+              limit_name: str):
+        """Check the tokenizer, policy and length limit, load the rows, start the stats; returns the rows."""
+        from rlhf.data.sources import load_rows
+
+        check_tokenizer(tokenizer)
+        self.overlong = check_policy(overlong)
+        if limit is not None and limit <= 0:
+            raise ValueError(f"{limit_name} must be positive or None, got {limit}")
+        self.tokenizer = tokenizer
+        rows = load_rows(source, split=split, cache_dir=cache_dir)
+        self.stats = DatasetStats(source=rows.source, total=len(rows))
+        return rows
+
     def _finish(self, source: str, what: str, limit: str, field: str | None = None) -> None:
         """Record and log the counts; an empty result (every row dropped) is an error, not a silent no-op."""
         from rlhf.data.sources import DataError

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rlhf.data.collate import PromptBatch, collate_prompts
-from rlhf.data.encode import DatasetStats, EncodedDataset, check_policy, check_tokenizer, render_prompt, tokenize
-from rlhf.data.sources import expect_text_or_messages, load_rows
+from rlhf.data.encode import EncodedDataset, render_prompt, tokenize
+from rlhf.data.sources import expect_text_or_messages
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,9 @@ class PromptDataset(EncodedDataset):
                  reference_key: str | None = "answer", require_reference: bool = False,
                  use_chat_template: bool | None = None, max_prompt_len: int | None = None,
                  overlong: str = "error", cache_dir: str | None = None):
-        check_tokenizer(tokenizer)
-        self.overlong = check_policy(overlong)
-        if max_prompt_len is not None and max_prompt_len <= 0:
-            raise ValueError(f"max_prompt_len must be positive or None, got {max_prompt_len}")
-        self.tokenizer, self.max_prompt_len = tokenizer, max_prompt_len
-        rows = load_rows(source, split=split, cache_dir=cache_dir)
-        self.stats = DatasetStats(source=rows.source, total=len(rows))
+        rows = self._load(source, tokenizer, split=split, cache_dir=cache_dir, overlong=overlong,
+                          limit=max_prompt_len, limit_name="max_prompt_len")
+        self.max_prompt_len = max_prompt_len
         prompts = rows.column(prompt_key)
         references: list[Any] | None = None
         if reference_key is not None and reference_key in rows.columns:

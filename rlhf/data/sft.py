@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rlhf.data.collate import IGNORE_INDEX, SFTBatch, collate_sft
-from rlhf.data.encode import DatasetStats, EncodedDataset, check_policy, check_tokenizer, render_prompt_response, tokenize
-from rlhf.data.sources import expect_messages, expect_text, expect_text_or_messages, load_rows
+from rlhf.data.encode import EncodedDataset, render_prompt_response, tokenize
+from rlhf.data.sources import expect_messages, expect_text, expect_text_or_messages
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +48,9 @@ class SFTDataset(EncodedDataset):
                  response_key: str = "response", messages_key: str | None = "messages",
                  use_chat_template: bool | None = None, max_len: int | None = None, overlong: str = "error",
                  padding_side: str = "right", cache_dir: str | None = None):
-        check_tokenizer(tokenizer)
-        self.overlong = check_policy(overlong)
-        if max_len is not None and max_len <= 0:
-            raise ValueError(f"max_len must be positive or None, got {max_len}")
-        self.tokenizer, self.max_len, self.padding_side = tokenizer, max_len, padding_side
-        rows = load_rows(source, split=split, cache_dir=cache_dir)
-        self.stats = DatasetStats(source=rows.source, total=len(rows))
+        rows = self._load(source, tokenizer, split=split, cache_dir=cache_dir, overlong=overlong, limit=max_len,
+                          limit_name="max_len")
+        self.max_len, self.padding_side = max_len, padding_side
         self.format = "messages" if messages_key is not None and messages_key in rows.columns else "prompt_response"
         if self.format == "messages":
             conversations = rows.column(messages_key)
