@@ -52,18 +52,12 @@ def test_missing_or_unknown_recipe_is_refused():
     assert result.returncode == 2 and "recipe='nope'" in result.stderr and "quickstart" in result.stderr
 
 
-def _dry_run_expectation(recipe):
-    return 0, "nothing was started"
-
-
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_dry_runs_against_its_cluster(tmp_path, recipe):
-    code, text = _dry_run_expectation(recipe)
     result = rlhf(f"recipe={recipe}", f"run_dir={tmp_path / 'run'}", "dry_run=true")
-    assert result.returncode == code, result.stdout + result.stderr
-    assert text in result.stdout + result.stderr
-    if code == 0:
-        assert "placement ==" in result.stdout and "ZeRO-" in result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nothing was started" in result.stdout + result.stderr
+    assert "placement ==" in result.stdout and "ZeRO-" in result.stdout
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from rlhf.config.io import save_yaml
 from rlhf.config.placement import NodeSpec
 from rlhf.config.run import RunConfig
-from rlhf.distributed.placement import PlacementPlan, PlanError, plan_placement, plan_roles
+from rlhf.distributed.placement import PlacementPlan, plan_placement, plan_roles
 
 logger = logging.getLogger(__name__)
 

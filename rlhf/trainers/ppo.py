@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from rlhf.algorithms import (AdaptiveKLController, FixedKLController, explained_variance, gae,
-                             get_advantage_estimator, kl_penalized_rewards, masked_mean, masked_whiten,
+                             get_advantage_estimator, kl_penalized_rewards, masked_mean, masked_var, masked_whiten,
                              shape_scores)
 from rlhf.config.ppo import PPOConfig
 from rlhf.data.batch import RolloutBatch
@@ -218,8 +218,9 @@ class PPOTrainer:
             "reward/shaped_mean": batch.extra["shaped_scores_mean"],
             "kl/mean": float(kl_B.mean()), "kl/coef": float(self.kl_ctl.value),
             "advantages/mean": float(masked_mean(batch.advantages_BT, mask_BT)),
-            "advantages/std": float(masked_mean(batch.advantages_BT.square(), mask_BT).sqrt()),
+            "advantages/std": float(masked_var(batch.advantages_BT, mask_BT).sqrt()),
             "returns/mean": float(masked_mean(batch.returns_BT, mask_BT)),
+            "returns/std": float(masked_var(batch.returns_BT, mask_BT).sqrt()),
             "response_length/mean": float(lengths_B.mean()), "response_length/max": float(lengths_B.max()),
             "response_length/truncated_frac": float(batch.truncated_B.float().mean()),
         }

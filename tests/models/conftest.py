@@ -4,7 +4,6 @@ Models use initializer_range=0.2 so random logits are peaked enough that samplin
 change what is sampled (with the default 0.02 every token is ≈ equally likely).
 """
 import pytest
-import torch
 
 from rlhf.models.tiny import build_tiny_model, build_tiny_reward_model, build_tiny_tokenizer
 

@@ -145,7 +145,8 @@ def test_stage_order_and_fields_each_stage_adds(tmp_path):
     assert not (scored | advantage) & set(fields[("reference", "logprobs")])
     assert (scored | advantage) <= set(fields[("actor", "update")])
     assert (scored | advantage) <= set(fields[("critic", "update")])
-    for key in ("reward/mean", "kl/mean", "kl/coef", "advantages/mean", "returns/mean", "response_length/mean",
+    for key in ("reward/mean", "kl/mean", "kl/coef", "advantages/mean", "advantages/std", "returns/mean",
+                "returns/std", "response_length/mean",
                 "response_length/max", "response_length/truncated_frac", "critic/explained_variance",
                 "gold/mean", "time/generate", "time/score", "time/update", "perf/tokens_per_s"):
         assert key in metrics, key
@@ -208,3 +209,16 @@ def test_checkpoint_resume_restores_controller_state(tmp_path):
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3]
     assert math.isfinite(json.loads((tmp_path / "summary.json").read_text())["ppo"]["gold_reward_final"])
+
+
+def test_advantage_and_return_stats_are_masked_std_not_rms(tmp_path):
+    """A critic-free batch's advantages need not have mean 0: the std metric must not be an RMS."""
+    from rlhf.algorithms import masked_var
+
+    trainer, _, _ = make(tmp_path, with_critic=False, trainer__total_steps=1)
+    batch = trainer.compute_advantages(trainer.score(trainer.rollout(1)))
+    batch.advantages_BT = batch.advantages_BT + 3.0 * batch.mask_BT  # shift: the std must not change
+    metrics = trainer.rollout_metrics(batch)
+    expected = float(masked_var(batch.advantages_BT, batch.mask_BT).sqrt())
+    assert metrics["advantages/std"] == pytest.approx(expected)
+    assert metrics["advantages/mean"] > 2.0 and metrics["advantages/std"] < metrics["advantages/mean"]

@@ -21,7 +21,7 @@ from rlhf.trainers.ppo_stage import run_ppo  # noqa: E402
 ISSUE_METRICS = [
     "reward/mean", "reward/std", "gold/mean", "kl/mean", "kl/coef", "actor/entropy", "actor/loss",
     "actor/clip_frac", "actor/approx_kl", "critic/loss", "critic/value_clip_frac", "critic/explained_variance",
-    "advantages/mean", "advantages/std", "returns/mean", "response_length/mean", "response_length/max",
+    "advantages/mean", "advantages/std", "returns/mean", "returns/std", "response_length/mean", "response_length/max",
     "response_length/truncated_frac", "time/generate", "time/score", "time/advantages", "time/update",
     "perf/tokens_per_s", "eval/gold_greedy", "eval/gold_sampled", "eval/reward_greedy",
 ]
@@ -54,8 +54,8 @@ def test_four_role_ppo_runs_learns_and_reports(ray_cluster, assets, tmp_path):
     stored = json.loads((tmp_path / "summary.json").read_text())["ppo"]
     assert stored["steps"] == 3 and "gold_reward_initial" in stored and "gold_greedy_final" in stored
     assert summary["steps"] == 3
-    assert [p.name for p in (tmp_path / "ppo" / "checkpoints").iterdir()] and len(
-        list((tmp_path / "ppo" / "checkpoints").glob("step_*"))) == 2  # keep_last
+    checkpoints = sorted(p.name for p in (tmp_path / "ppo" / "checkpoints").iterdir())
+    assert checkpoints == ["step_00000002", "step_00000003"]  # save_every=1, keep_last=2, no leftovers
 
 
 def test_critic_free_grpo_with_rule_reward_runs_three_roles(ray_cluster, assets, tmp_path):
