@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 def set_threads(threads: int) -> None:
     import torch
 
-    os.environ["RLHF_BENCH_THREADS"] = str(threads)
+    from rlhf.workers.base import THREADS_ENV
+
+    os.environ[THREADS_ENV] = str(threads)
     torch.set_num_threads(threads)
 
 
@@ -45,10 +47,11 @@ def single_process_dist_env() -> None:
 def start_ray_groups(cfg, actor_threads: int):
     """`ppo_setup.start_worker_groups` with the timed worker classes and the bench's thread count."""
     from rlhf.trainers.ppo_setup import start_worker_groups
+    from rlhf.workers.base import THREADS_ENV
     from bench.timed_workers import TIMED_WORKERS
 
     env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "RLHF_BENCH_THREADS": str(actor_threads), "OMP_NUM_THREADS": str(actor_threads)}
+           THREADS_ENV: str(actor_threads), "OMP_NUM_THREADS": str(actor_threads)}
     return start_worker_groups(cfg, env_vars=env, worker_classes=TIMED_WORKERS)
 
 

@@ -3,7 +3,7 @@
 Same classes in both setups (Ray actors and the in-process baseline), so both pay the same wrapper.
 `functools.wraps` copies the `@dispatch` mode onto the wrapper, so the worker group fans calls out
 exactly as for the plain class. Imported inside Ray actors: the bench passes PYTHONPATH to them.
-Also pins torch's thread count from RLHF_BENCH_THREADS (Ray sets OMP_NUM_THREADS=1 in actors).
+Thread counts are pinned by the workers' own base (`rlhf.workers.base.THREADS_ENV`).
 """
 from __future__ import annotations
 
@@ -20,16 +20,12 @@ from rlhf.workers.critic import CriticWorker
 from rlhf.workers.reference import ReferenceWorker
 from rlhf.workers.reward import RewardWorker
 
-THREADS_ENV = "RLHF_BENCH_THREADS"
-
 
 class BenchMixin:
     """Per-method wall times inside the worker, and its pid / peak RSS."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if os.environ.get(THREADS_ENV):
-            torch.set_num_threads(int(os.environ[THREADS_ENV]))
         self._bench_seconds: dict[str, float] = {}
 
     @dispatch(Dispatch.ALL)

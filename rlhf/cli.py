@@ -32,6 +32,8 @@ RUNTIME_MODULES = (
 )
 SCHEMA_NAME = "rlhf_run"  # RunConfig in Hydra's ConfigStore; every recipe's defaults list starts with it
 EXIT_CONFIG_ERROR = 2
+EXIT_EXPECTATIONS = 3  # a stage missed its recipe's expectations and strict_expectations=true
+EXIT_REWARD_HACKING = 4  # the reward-hacking alarm stopped PPO (ppo.trainer.stop_on_reward_hacking=true)
 
 logger = logging.getLogger("rlhf")
 
@@ -149,6 +151,9 @@ def usage() -> str:
               "  overwrite=true         let a fresh stage discard its previous outputs in run_dir",
               "  dry_run=true           validate, print the placement/ZeRO/memory plan; start no Ray, no actors",
               "  ppo_reward_norm_from_rm=true  normalise PPO rewards by the RM's held-out score mean/std",
+              "  seed=N                 the run's seed (recipes pass it to every stage)",
+              "  torch_threads=N        torch threads per worker (default: the CPU share Ray gives it)",
+              "  strict_expectations=true  exit 3 when a stage misses its recipe's expectations",
               "sections (any field overridable):",
               "  prepare.*   task data and tiny model built into run_dir (embedded default)",
               "  sft.*       SFTConfig: model, data, engine, placement, use_gpu, trainer (rlhf/config/supervised.py)",
@@ -159,7 +164,9 @@ def usage() -> str:
               "  rlhf recipe=quickstart",
               "  rlhf recipe=quickstart run_dir=outputs/q1 stages=[ppo] resume=true ppo.trainer.total_steps=80",
               "  rlhf recipe=hh_rlhf_llama8b dry_run=true",
-              "", "exit codes: 0 done; 2 configuration refused (message names the field); 1 crash (traceback)"]
+              "", "exit codes: 0 done; 2 configuration refused (message names the field); 1 crash (traceback);",
+              "            3 a stage missed its recipe's expectations with strict_expectations=true;",
+              "            4 the reward-hacking alarm stopped PPO (ppo.trainer.stop_on_reward_hacking=true)"]
     return "\n".join(lines)
 
 
@@ -277,10 +284,24 @@ def main(argv: list[str] | None = None) -> int:
     except _config_errors() as exc:
         return _refuse(exc)
 
-    # Phase 2: the stages. A failure here is a crash: the full traceback goes to stderr.
-    summary = run_pipeline(cfg, report)
+    # Phase 2: the stages. A failure here is a crash: the full traceback goes to stderr. A stage that
+    # missed its recipe's expectations under strict_expectations=true ends the run with exit 3.
+    from rlhf.trainers.expectations import ExpectationsNotMet, unmet_expectations
+    from rlhf.trainers.ppo import RewardHackingError
+
+    try:
+        summary = run_pipeline(cfg, report)
+    except (ExpectationsNotMet, RewardHackingError) as exc:
+        print(f"rlhf: {exc}\nrun_dir: {report.run_dir}", file=sys.stderr)
+        return EXIT_EXPECTATIONS if isinstance(exc, ExpectationsNotMet) else EXIT_REWARD_HACKING
     print(f"\nrun_dir: {report.run_dir}\nsummary.json: " + ", ".join(
         f"{stage}: {len(values)} values" for stage, values in summary.items()))
+    unmet = unmet_expectations(summary)
+    if unmet:
+        print("\nWARNING: this run did NOT meet its recipe's expectations (summary.json <stage>.expectations):\n"
+              + "\n".join(f"  {stage}.{metric} = {r.get('value')}, expected {r.get('expected')}"
+                          for stage, failed in unmet.items() for metric, r in failed.items())
+              + "\n(strict_expectations=true makes this exit with status 3)", file=sys.stderr)
     return 0
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from rlhf.config.algorithm import AlgorithmConfig, invalid
 from rlhf.config.engine import EngineConfig
+from rlhf.config.expectations import Expectation
 from rlhf.config.model import ModelConfig
 from rlhf.config.placement import PlacementConfig
 
@@ -96,8 +97,19 @@ class TrainerConfig:
     wandb: bool = False  # Weights & Biases (offline unless WANDB_MODE/WANDB_API_KEY say otherwise)
     wandb_project: str = "rlhf"
     progress: bool = True  # tqdm progress bar
+    # Reward-hacking monitor (needs a gold signal: a task verifier on the eval prompts). An evaluation
+    # "diverges" when its sampled reward-model score rose and its sampled gold accuracy fell by more
+    # than hacking_gold_tolerance since the previous one; after hacking_patience divergent evaluations
+    # in a row the alarm is raised (logged, `hacking/alarm` metric, summary.json). 0 = monitor off.
+    hacking_patience: int = 2
+    hacking_gold_tolerance: float = 0.02  # a gold drop up to this is noise, not divergence; >= 0
+    stop_on_reward_hacking: bool = False  # true: stop the run at the alarm, naming the last good checkpoint
 
     def __post_init__(self) -> None:
+        if self.hacking_patience < 0:
+            invalid("trainer", "hacking_patience", self.hacking_patience, "an int >= 0 (0 = off)")
+        if not self.hacking_gold_tolerance >= 0:
+            invalid("trainer", "hacking_gold_tolerance", self.hacking_gold_tolerance, "a float >= 0")
         for name in ("total_steps", "keep_last", "max_consecutive_bad_steps"):
             if getattr(self, name) < 1:
                 invalid("trainer", name, getattr(self, name), "an int >= 1")
@@ -129,6 +141,8 @@ class PPOConfig:
     engines: RoleEngines = field(default_factory=RoleEngines)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # Bounds on this stage's summary.json values, checked when it ends (rlhf/config/expectations.py).
+    expectations: dict[str, Expectation] = field(default_factory=dict)
 
     def roles(self) -> list[str]:
         """The worker groups this run creates: no critic for critic-free estimators."""

@@ -72,12 +72,24 @@ class RunConfig:
     # mean/std (summary.json rm.score_mean / rm.score_std, written by the rm stage). When true, the
     # normalize_mean/std fields must be left at their defaults (0 and 1): one source of truth.
     ppo_reward_norm_from_rm: bool = False
+    # The run's seed. Recipes interpolate it (`${seed}`) into every stage's own seed (task data, model
+    # init, data order, sampling), so `seed=1` changes all of them at once.
+    seed: int = 0
+    # torch intra-op threads in every worker process (and this driver); null = what Ray gives each
+    # worker (its whole-CPU share, at least 1). Another count changes summation orders the way
+    # another CPU's kernels do: the cheap check that a recipe does not hinge on one machine. >= 1.
+    torch_threads: int | None = None
+    # When a stage's result misses its recipe's expectations (`<stage>.expectations`), stop the run
+    # with exit status 3 instead of a warning (on in CI).
+    strict_expectations: bool = False
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
     def __post_init__(self) -> None:
+        if self.torch_threads is not None and self.torch_threads < 1:
+            invalid("run", "torch_threads", self.torch_threads, "an int >= 1, or null for Ray's default")
         unknown = [s for s in self.recipe_stages if s not in STAGES]
         if unknown or not self.recipe_stages:
             invalid("run", "recipe_stages", self.recipe_stages, f"a non-empty list of stages from {list(STAGES)}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from rlhf.config.algorithm import invalid
 from rlhf.config.engine import EngineConfig
+from rlhf.config.expectations import Expectation
 from rlhf.config.model import ModelConfig
 from rlhf.config.placement import RolePlacement
 
@@ -70,6 +71,33 @@ class SupervisedTrainerConfig:
 
 
 @dataclass
+class GoldEvalConfig:
+    """Greedy answers of the trained model on held-out prompts, scored by a task's verifier.
+
+    Gives the SFT stage its own measure of success (summary.json `sft.gold_accuracy`): a policy that
+    did not learn the task is seen before a reward model and PPO are built on it.
+    """
+
+    prompts: str | None = None  # prompt dataset with a reference column (hub name or local file); null = off
+    split: str = "train"
+    prompt_key: str = "prompt"
+    reference_key: str = "answer"  # the gold answer the verifier compares with
+    max_prompt_len: int = 256  # prompts longer than this are an error
+    max_prompts: int = 256  # evaluate on at most this many prompts; >= 1
+    max_new_tokens: int = 32  # response length cap; >= 1
+    task: str | None = None  # the verifier's task (rlhf.tasks, e.g. "arithmetic"); required with `prompts`
+    task_kwargs: dict = field(default_factory=dict)  # the task's constructor arguments
+
+    def __post_init__(self) -> None:
+        for name in ("max_prompt_len", "max_prompts", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                invalid("gold_eval", name, getattr(self, name), "an int >= 1")
+        if self.prompts and not self.task:
+            invalid("gold_eval", "task", self.task, "a task name (its verifier scores the answers) when "
+                    f"gold_eval.prompts is set (got prompts={self.prompts!r})")
+
+
+@dataclass
 class SFTConfig:
     """Supervised fine-tuning: loss only on response tokens."""
 
@@ -79,6 +107,9 @@ class SFTConfig:
     placement: RolePlacement = field(default_factory=RolePlacement)
     use_gpu: bool = True
     trainer: SupervisedTrainerConfig = field(default_factory=SupervisedTrainerConfig)
+    gold_eval: GoldEvalConfig = field(default_factory=GoldEvalConfig)  # gold accuracy at the end of the stage
+    # Bounds on this stage's summary.json values, checked when it ends (rlhf/config/expectations.py).
+    expectations: dict[str, Expectation] = field(default_factory=dict)
 
     def validate(self) -> None:
         _require_paths(self.model, self.data)
@@ -97,6 +128,8 @@ class RMConfig:
     trainer: SupervisedTrainerConfig = field(default_factory=SupervisedTrainerConfig)
     margin: float | None = None  # demand chosen − rejected ≥ margin (a constant); null = plain BT loss
     calibration_bins: int = 10  # bins of the expected calibration error of σ(margin)
+    # Bounds on this stage's summary.json values, checked when it ends (rlhf/config/expectations.py).
+    expectations: dict[str, Expectation] = field(default_factory=dict)
 
     def validate(self) -> None:
         _require_paths(self.model, self.data)

@@ -26,7 +26,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf.data.batch import RolloutBatch
 from rlhf.distributed.placement import PlacementPlan, RankSlot, create_placement_groups
-from rlhf.workers.base import Dispatch, dispatch_mode
+from rlhf.workers.base import THREADS_ENV, Dispatch, dispatch_mode
 
 DEFAULT_CALL_TIMEOUT_S = 1800.0
 
@@ -115,6 +115,12 @@ def wait_all(role: str, method: str, refs: list[ray.ObjectRef], timeout_s: float
     return [results[rank] for rank in range(len(refs))]
 
 
+def _worker_env(env_vars: dict[str, str] | None) -> dict[str, str]:
+    """The environment of a group's actors: `env_vars`, plus the run's thread count when the driver set one."""
+    env = {THREADS_ENV: os.environ[THREADS_ENV]} if os.environ.get(THREADS_ENV) else {}
+    return {**env, **(env_vars or {})}
+
+
 class WorkerGroup:
     """The ranks of one role, placed on their slots of the plan's placement groups."""
 
@@ -128,7 +134,7 @@ class WorkerGroup:
             remote_cls.options(
                 num_cpus=slot.num_cpus, num_gpus=slot.num_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_groups[slot.node_slot], slot.bundle),
-                runtime_env={"env_vars": dict(env_vars or {})},
+                runtime_env={"env_vars": _worker_env(env_vars)},
             ).remote(role, slot.rank, self.world_size, seed, **(init_kwargs or {}))
             for slot in slots
         ]

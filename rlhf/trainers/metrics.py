@@ -34,8 +34,8 @@ from rlhf.trainers.plots import plot_curves
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MetricsLogger", "plot_curves", "read_jsonl", "summary_table", "truncate_after",
-           "write_summary"]
+__all__ = ["MetricsLogger", "drop_summary_stage", "plot_curves", "read_jsonl", "read_summary", "summary_table",
+           "truncate_after", "write_summary"]
 
 DEFAULT_PROGRESS_KEYS = ("reward/mean", "kl/mean", "actor/loss")
 _RESERVED_KEYS = ("stage", "step")
@@ -295,6 +295,21 @@ def summary_table(summary: dict[str, float], title: str) -> str:
     return "\n".join(lines)
 
 
+def read_summary(path: str | os.PathLike) -> dict:
+    """The content of a JSON summary file ({} when it does not exist yet)."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def drop_summary_stage(path: str | os.PathLike, stage: str) -> bool:
+    """Remove the `stage` entry of a JSON summary file (atomic); False when it had none."""
+    summary = read_summary(path)
+    if summary.pop(stage, None) is None:
+        return False
+    _atomic_write_text(Path(path), json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return True
+
+
 def write_summary(path: str | os.PathLike, stage: str, values: dict) -> dict:
     """Merge `values` into the `stage` entry of a JSON summary file and return the whole summary.
 
@@ -303,7 +318,7 @@ def write_summary(path: str | os.PathLike, stage: str, values: dict) -> dict:
     Atomic (temp file + os.replace); not safe against two processes writing at once.
     """
     path = Path(path)
-    summary = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    summary = read_summary(path)
     summary.setdefault(stage, {}).update(_json_safe(values))
     _atomic_write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary

@@ -113,8 +113,9 @@ def _is_local_path(value: str) -> bool:
 
 # --- resume bookkeeping ---------------------------------------------------------------------------------
 def read_summary(run_dir: Path) -> dict:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    from rlhf.trainers.metrics import read_summary as read_summary_file
+
+    return read_summary_file(run_dir / "summary.json")
 
 
 def _total_steps(cfg: RunConfig, stage: str) -> int:
@@ -177,16 +178,14 @@ def decide(cfg: RunConfig, run_dir: Path) -> list[StageDecision]:
 
 def clear_stage(run_dir: Path, stage: str) -> None:
     """Remove one stage's outputs: its directory, TensorBoard run, metrics records and summary entry."""
-    from rlhf.trainers.metrics import truncate_after
+    from rlhf.trainers.metrics import drop_summary_stage, truncate_after
 
     logger.warning("stage %s: removing its previous outputs in %s", stage, run_dir)
     for path in (run_dir / stage, run_dir / "tensorboard" / stage):
         if path.exists():
             shutil.rmtree(path)
     truncate_after(run_dir / "metrics.jsonl", stage, -(2**62))
-    summary = read_summary(run_dir)
-    if summary.pop(stage, None) is not None:
-        _write_json(run_dir / "summary.json", summary)
+    drop_summary_stage(run_dir / "summary.json", stage)
 
 
 # --- pre-flight: every check before Ray ------------------------------------------------------------
@@ -364,9 +363,13 @@ def _architecture_sources(cfg: RunConfig, run_dir: Path):
 # --- running -----------------------------------------------------------------------------------------------
 def run_pipeline(cfg: RunConfig, report: Preflight) -> dict:
     """Run the stages `report` selected, in order; returns the run's summary.json content."""
+    from rlhf.trainers.expectations import check_stage
+
     run_dir = report.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
+    if cfg.torch_threads is not None:
+        set_torch_threads(cfg.torch_threads)
     logger.info("run_dir %s (resolved config: config.yaml)", run_dir)
     for decision in report.decisions:
         if decision.action in ("skip", "not selected"):
@@ -378,7 +381,21 @@ def run_pipeline(cfg: RunConfig, report: Preflight) -> dict:
         resume = decision.action == "resume"
         logger.info("stage %s: %s", decision.stage, "resuming" if resume else "starting")
         run_stage(cfg, decision.stage, run_dir, resume)
+        if decision.stage in TRAINER_STAGES:
+            check_stage(decision.stage, getattr(cfg, decision.stage).expectations, run_dir / "summary.json",
+                        strict=cfg.strict_expectations)
     return read_summary(run_dir)
+
+
+def set_torch_threads(threads: int) -> None:
+    """torch's intra-op threads here and, through the environment, in every worker this run starts."""
+    import torch
+
+    from rlhf.workers.base import THREADS_ENV
+
+    os.environ[THREADS_ENV] = str(threads)
+    torch.set_num_threads(threads)
+    logger.info("torch_threads=%d in the driver and every worker", threads)
 
 
 def run_stage(cfg: RunConfig, stage: str, run_dir: Path, resume: bool) -> dict:

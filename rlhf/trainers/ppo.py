@@ -34,6 +34,7 @@ from rlhf.models import SamplingParams
 from rlhf.trainers.checkpoint import CheckpointManager
 from rlhf.workers.faults import maybe_crash
 from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summary_table, write_summary
+from rlhf.trainers.monitor import RewardHackingMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ PLOT_KEYS = ["reward/mean", "gold/mean", "kl/mean", "eval/gold_sampled", "eval/g
 
 class NonFiniteRunError(FloatingPointError):
     """Too many consecutive steps had NaN/inf rewards, values or log-probs."""
+
+
+class RewardHackingError(RuntimeError):
+    """The reward-hacking monitor raised its alarm and `trainer.stop_on_reward_hacking` is set."""
 
 
 @dataclass
@@ -55,6 +60,7 @@ class ControllerState:
     consecutive_bad_steps: int = 0
     bad_steps: int = 0
     initial_eval: dict = field(default_factory=dict)
+    hacking: dict = field(default_factory=dict)  # RewardHackingMonitor state
 
 
 class PPOTrainer:
@@ -76,6 +82,7 @@ class PPOTrainer:
         kl = cfg.algorithm.kl
         self.kl_ctl = AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.adaptive else FixedKLController(kl.coef)
         self.state = ControllerState()
+        self.hacking = RewardHackingMonitor(cfg.trainer.hacking_patience, cfg.trainer.hacking_gold_tolerance)
         self.metrics: MetricsLogger | None = None
 
     # --- the run -------------------------------------------------------------------------------
@@ -91,15 +98,16 @@ class PPOTrainer:
                                      console_every=max(1, self.cfg.trainer.total_steps // 20))
         try:
             if self.state.step == 0 and not self.state.initial_eval:
-                self.state.initial_eval = self.evaluate()
+                self.state.initial_eval = self.evaluate(0)
                 self.metrics.log(0, self.state.initial_eval)
             while self.state.step < self.cfg.trainer.total_steps:
                 step = self.state.step + 1
                 metrics = self.train_step(step)
                 if self._due(step, self.cfg.trainer.eval_every):
-                    metrics.update(self.evaluate())
+                    metrics.update(self.evaluate(step))
                 self.metrics.log(step, metrics)
                 self.state.step = step
+                self._check_hacking(step)
                 maybe_crash("after_step", step)
                 if self._due(step, self.cfg.trainer.save_every):
                     self.save_checkpoint()
@@ -189,8 +197,9 @@ class PPOTrainer:
         return metrics
 
     # --- evaluation ----------------------------------------------------------------------------
-    def evaluate(self) -> dict[str, float]:
-        """Greedy and sampled responses on the held-out prompts: reward-model score and gold accuracy."""
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Greedy and sampled responses on the held-out prompts: reward-model score and gold accuracy,
+        and the reward-hacking monitor's view of the sampled ones (`hacking/*`, when gold exists)."""
         if not self.eval_prompts:
             return {}
         items = [(list(e.input_ids), e.reference) for e in self.eval_prompts]
@@ -201,12 +210,29 @@ class PPOTrainer:
                                                         temperature=temperature))):
             batch = self.groups["actor"].call("generate", items, params)
             scored = self.groups["reward"].call("score", batch)
-            out[f"eval/reward_{name}"] = float(scored["scores_B"].float().mean())
-            gold_B = scored["gold_B"].float()
+            scores_B, gold_B = scored["scores_B"].float(), scored["gold_B"].float()  # the monitor reads the last: sampled
+            out[f"eval/reward_{name}"] = float(scores_B.mean())
             if not torch.isnan(gold_B).all():
                 out[f"eval/gold_{name}"] = float(gold_B.mean())
             out[f"eval/response_length_{name}"] = float(batch.mask_BT.sum(-1).mean())
+        if "eval/gold_sampled" in out:
+            out.update(self.hacking.observe(step, out["eval/reward_sampled"], out["eval/gold_sampled"],
+                                            scores_B, gold_B))
+            self.state.hacking = self.hacking.state_dict()
         return out
+
+    def _check_hacking(self, step: int) -> None:
+        """Warn at the reward-hacking alarm; stop there when `trainer.stop_on_reward_hacking`."""
+        if not self.hacking.alarmed or self.hacking.previous_step != step:
+            return
+        good = self.hacking.last_good_step
+        kept = [p for p in self.checkpoints.complete_checkpoints() if good is not None and self.checkpoints.step_of(p) <= good]
+        where = (f"the last good checkpoint is {kept[-1]}" if kept else
+                 f"no checkpoint at or before step {good} is kept (trainer.keep_last={self.cfg.trainer.keep_last})")
+        message = f"reward hacking suspected: {self.hacking.describe()}; {where}"
+        logger.warning(message)
+        if self.cfg.trainer.stop_on_reward_hacking:
+            raise RewardHackingError(message + " (trainer.stop_on_reward_hacking=true)")
 
     # --- metrics and checks ---------------------------------------------------------------------
     def rollout_metrics(self, batch: RolloutBatch) -> dict[str, float]:
@@ -285,6 +311,7 @@ class PPOTrainer:
                 self.groups[role].call("load_checkpoint", str(latest / role))
         self.state = ControllerState(**json.loads((latest / "controller.json").read_text()))
         self.kl_ctl.load_state_dict(self.state.kl_controller)
+        self.hacking.load_state_dict(self.state.hacking)
         self.sampler.load_state_dict(self.state.sampler)
         logger.info("resumed from %s (step %d)", latest, self.state.step)
         return True
@@ -306,6 +333,12 @@ class PPOTrainer:
                          "reward_sampled": "eval_reward", "reward_greedy": "eval_reward_greedy"}[name]
                 summary[f"{label}_initial"] = self.state.initial_eval.get(key, math.nan)
                 summary[f"{label}_final"] = last_eval.get(key, math.nan)
+                summary[f"{label}_gain"] = summary[f"{label}_final"] - summary[f"{label}_initial"]
+        if "eval/gold_sampled" in last_eval:
+            summary.update(rm_gold_corr_final=last_eval.get("hacking/rm_gold_corr", math.nan),
+                           hacking_alarm=int(self.hacking.alarm_step is not None),
+                           hacking_alarm_step=self.hacking.alarm_step,
+                           hacking_divergent_evals=self.hacking.divergent_total)
         plot_curves(history, PLOT_KEYS, self.stage_dir / "curves.png")
         write_summary(self.run_dir / "summary.json", self.stage, summary)
         print(summary_table(summary, title=f"{self.stage} summary"))

@@ -113,8 +113,15 @@ class SupervisedTrainer:
 
 
 class SFTTrainer(SupervisedTrainer):
+    """SFT; with `gold` (prompts with references and a verifier) the summary also holds the final
+    model's greedy gold accuracy on them (`gold_accuracy`), the stage's own measure of success."""
+
     stage = "sft"
     plot_keys = ["loss", "eval/loss", "grad_norm", "lr"]
+
+    def __init__(self, *args, gold: GoldEval | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gold = gold
 
     def train_step(self, examples: list) -> dict[str, float]:
         return self.group.call("train_step", examples)
@@ -129,6 +136,8 @@ class SFTTrainer(SupervisedTrainer):
         summary = {"steps": self.state.step, "train_loss": last.get("loss")}
         if "eval/loss" in last:
             summary.update(eval_loss=last["eval/loss"], eval_perplexity=last["eval/perplexity"])
+        if self.gold is not None:
+            summary.update(self.gold.evaluate(self.group))
         return summary
 
 
@@ -155,6 +164,42 @@ class RewardModelTrainer(SupervisedTrainer):
         if "accuracy" in summary:  # the name recipes and users read: rm.eval_accuracy
             summary["eval_accuracy"] = summary.pop("accuracy")
         return summary
+
+
+@dataclass
+class GoldEval:
+    """Held-out prompts with references and the task verifier that scores greedy answers to them."""
+
+    prompts: list  # PromptExample-like items (.input_ids, .reference)
+    verifier: object  # callable (response text, reference) -> reward in [0, 1]; 1 = correct
+    max_new_tokens: int
+
+    def evaluate(self, group) -> dict[str, float]:
+        """{"gold_accuracy", "gold_eval_prompts", "gold_response_length"} of the group's model, greedy."""
+        from rlhf.models import SamplingParams
+
+        params = SamplingParams(max_new_tokens=self.max_new_tokens, greedy=True, n=1, seed=0)
+        batch = group.call("generate", [(list(e.input_ids), e.reference) for e in self.prompts], params)
+        gold = [float(self.verifier(text, ref)) for text, ref in zip(batch.responses, batch.references)]
+        return {"gold_accuracy": sum(gold) / len(gold), "gold_eval_prompts": len(gold),
+                "gold_response_length": float(batch.mask_BT.sum(-1).mean())}
+
+
+def gold_eval(cfg: SFTConfig) -> GoldEval | None:
+    """The SFT stage's GoldEval from `cfg.gold_eval` (None when it names no prompts)."""
+    from rlhf.data.prompts import PromptDataset
+    from rlhf.tasks import get_task
+
+    g = cfg.gold_eval
+    if not g.prompts:
+        return None
+    tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path, padding_side="left")
+    data = PromptDataset(g.prompts, tokenizer, split=g.split, prompt_key=g.prompt_key, reference_key=g.reference_key,
+                         require_reference=True, max_prompt_len=g.max_prompt_len, overlong="error")
+    if len(data) == 0:
+        raise ValueError(f"sft.gold_eval.prompts={g.prompts!r} has no prompts")
+    return GoldEval([data[i] for i in range(min(len(data), g.max_prompts))],
+                    get_task(g.task, **dict(g.task_kwargs)).reward, g.max_new_tokens)
 
 
 # --- stage entry points ----------------------------------------------------------------------------
@@ -200,9 +245,10 @@ def run_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, stage: st
     d = cfg.data
     train, evaluation = _datasets(cfg, SFTDataset, prompt_key=d.prompt_key, response_key=d.response_key,
                                   messages_key=d.messages_key)
+    gold = gold_eval(cfg)
     groups = _start_group(cfg, stage, SFTWorker)
     try:
-        return SFTTrainer(cfg, groups[stage], train, evaluation, run_dir=run_dir, stage=stage).fit(resume)
+        return SFTTrainer(cfg, groups[stage], train, evaluation, run_dir=run_dir, stage=stage, gold=gold).fit(resume)
     finally:
         groups.shutdown()
 

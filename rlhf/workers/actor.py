@@ -1,12 +1,9 @@
 """The actor: the policy being trained. Generates rollouts, scores their log-probs, takes PPO updates.
 
-Generation uses the HF `generate` of the engine's own module (KV cache, left-padded prompts, stop on
-EOS), so no weight sync is needed in this layout (DESIGN.md §5).
+Generation (`generate`, from `SamplingMixin`) uses the HF `generate` of the engine's own module, so no
+weight sync is needed in this layout (DESIGN.md §5).
 """
 from __future__ import annotations
-
-import dataclasses
-from typing import Any
 
 import torch
 
@@ -14,15 +11,15 @@ from rlhf.algorithms import aggregate_loss, approx_kl, entropy_bonus, get_policy
 from rlhf.config.algorithm import PolicyLossConfig, UpdateSchedule
 from rlhf.config.engine import EngineConfig
 from rlhf.data.batch import RolloutBatch
-from rlhf.models import (ModelOptions, SamplingParams, generate_rollouts, load_causal_lm, load_tokenizer,
-                         response_logprobs, response_logprobs_and_entropy)
+from rlhf.models import ModelOptions, load_causal_lm, load_tokenizer, response_logprobs, response_logprobs_and_entropy
 from rlhf.workers.base import Dispatch, dispatch
 from rlhf.workers.faults import maybe_crash
 from rlhf.workers.inference import forward_in_chunks
+from rlhf.workers.sampling import SamplingMixin
 from rlhf.workers.trainable import TrainableWorker
 
 
-class ActorWorker(TrainableWorker):
+class ActorWorker(SamplingMixin, TrainableWorker):
     @dispatch(Dispatch.ALL)
     def init_model(self, model_path: str, options: ModelOptions, engine_cfg: EngineConfig, micro_batch_size: int,
                    grad_accum_steps: int, tokenizer_path: str | None = None) -> None:
@@ -32,20 +29,6 @@ class ActorWorker(TrainableWorker):
         model = load_causal_lm(model_path, options)
         self.engine = TrainEngine(model, engine_cfg, micro_batch_size, grad_accum_steps)
         self.forward_batch_size = micro_batch_size
-
-    @dispatch(Dispatch.SPLIT)
-    def generate(self, items: list[tuple[str, Any]], params: SamplingParams) -> RolloutBatch:
-        """Sample `params.n` responses per (prompt, reference) item of this rank's shard.
-
-        A seeded call gives every rank its own stream (seed + rank), a function of the seed only."""
-        self.engine.eval()
-        if params.seed is not None:
-            params = dataclasses.replace(params, seed=params.seed + 7919 * self.rank)
-        prompts = [prompt for prompt, _ in items]
-        references = [reference for _, reference in items]
-        batch = generate_rollouts(self.engine.module, self.tokenizer, prompts, params, references=references,
-                                  synced_gpus=self.engine.cfg.zero_stage == 3 and self.world_size > 1)
-        return batch.to("cpu")
 
     @dispatch(Dispatch.SPLIT)
     def logprobs(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:

@@ -23,6 +23,9 @@ import torch
 
 F = TypeVar("F", bound=Callable)
 DISPATCH_ATTR = "_rlhf_dispatch"
+# torch intra-op threads of every worker, when set (the run's `torch_threads`; forwarded to every actor
+# by rlhf.distributed.WorkerGroup). Unset: what Ray gave the process (OMP_NUM_THREADS = its CPU share).
+THREADS_ENV = "RLHF_TORCH_THREADS"
 
 
 class Dispatch(str, enum.Enum):
@@ -70,6 +73,8 @@ class BaseWorker:
     def __init__(self, role: str, rank: int, world_size: int, seed: int = 0) -> None:
         self.role, self.rank, self.world_size = role, rank, world_size
         self.seed = seed
+        if os.environ.get(THREADS_ENV):
+            torch.set_num_threads(int(os.environ[THREADS_ENV]))
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0")
         # Same seed on every rank: identical model init across data-parallel ranks.
@@ -103,7 +108,7 @@ class BaseWorker:
     def ping(self) -> dict:
         """Identity and placement of this rank: role, rank, pid, node id, GPU ids Ray assigned."""
         info = {"role": self.role, "rank": self.rank, "world_size": self.world_size, "pid": os.getpid(),
-                "device": str(self.device)}
+                "device": str(self.device), "torch_threads": torch.get_num_threads()}
         try:
             import ray
 

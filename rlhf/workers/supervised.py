@@ -15,6 +15,7 @@ from rlhf.data.collate import IGNORE_INDEX, collate_preferences, collate_sft
 from rlhf.models import ModelOptions, load_causal_lm, load_reward_model, load_tokenizer, reward_scores
 from rlhf.workers.base import Dispatch, dispatch
 from rlhf.workers.collectives import all_reduce_max, all_reduce_sum
+from rlhf.workers.sampling import SamplingMixin
 from rlhf.workers.trainable import TrainableWorker, UpdateTracker
 
 
@@ -36,7 +37,9 @@ class SupervisedWorker(TrainableWorker):
         return all_reduce_sum(torch.tensor([float(local)], dtype=torch.float64)).float().to(self.device)[0]
 
 
-class SFTWorker(SupervisedWorker):
+class SFTWorker(SamplingMixin, SupervisedWorker):
+    """The policy being fine-tuned; `generate` (SamplingMixin) gives the stage's gold evaluation."""
+
     @dispatch(Dispatch.ALL)
     def init_model(self, model_path: str, options: ModelOptions, engine_cfg: EngineConfig, micro_batch_size: int,
                    grad_accum_steps: int, tokenizer_path: str | None = None) -> None:

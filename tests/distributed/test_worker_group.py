@@ -182,3 +182,22 @@ def test_plan_ray_cannot_place_is_refused(ray_cluster):
     plan = plan_placement(cfg, ["actor"])  # no cluster description: only Ray can say no
     with pytest.raises(PlanError, match="could not place device group 'actor'"):
         create_placement_groups(plan, timeout_s=2)
+
+
+def test_the_runs_thread_count_reaches_every_worker(ray_cluster, monkeypatch):
+    """`torch_threads` (the pipeline exports it as THREADS_ENV) pins torch's threads in each actor;
+    without it an actor keeps what Ray gave it."""
+    from rlhf.workers.base import THREADS_ENV
+
+    cfg = PlacementConfig(use_gpu=False, actor=RolePlacement(devices_per_node=2, cpus_per_rank=0.1))
+    for threads in (3, None):
+        if threads is None:
+            monkeypatch.delenv(THREADS_ENV, raising=False)
+        else:
+            monkeypatch.setenv(THREADS_ENV, str(threads))
+        groups = make_groups(cfg, ["actor"])
+        try:
+            counts = [info["torch_threads"] for info in groups["actor"].ping()]
+        finally:
+            groups.shutdown()
+        assert counts == ([3, 3] if threads else [1, 1])  # Ray's default for a fractional CPU share: 1

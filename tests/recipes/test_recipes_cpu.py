@@ -64,6 +64,35 @@ def test_quickstart_runs_every_stage_and_writes_the_contracted_outputs(quickstar
     assert stored.ppo_reward_norm_from_rm is True
 
 
+def test_each_stage_checks_its_expectations_and_says_so(quickstart):
+    """Two steps per stage cannot learn: every stage records its checks, and the non-strict run warns
+    (exit 0) instead of reporting a success."""
+    summary = json.loads((quickstart / "summary.json").read_text())
+    assert 0.0 <= summary["sft"]["gold_accuracy"] <= 1.0 and summary["sft"]["gold_eval_prompts"] == 16
+    for stage, metrics in (("sft", {"gold_accuracy", "train_loss"}), ("rm", {"eval_accuracy"}),
+                           ("ppo", {"gold_reward_gain", "gold_greedy_gain", "hacking_alarm"})):
+        assert set(summary[stage]["expectations"]) == metrics, stage
+    assert summary["sft"]["expectations_met"] is False
+    assert summary["sft"]["expectations"]["train_loss"]["ok"] is False  # 2 steps: the loss is still ~2.8
+    ppo = summary["ppo"]
+    assert ppo["gold_reward_gain"] == ppo["gold_reward_final"] - ppo["gold_reward_initial"]
+    assert {"rm_gold_corr_final", "hacking_alarm", "hacking_divergent_evals"} <= set(ppo)
+
+
+def test_strict_expectations_stop_the_run_at_the_failing_stage_with_exit_3(quickstart, tmp_path):
+    run_dir = tmp_path / "run"
+    for part in ("data", "base"):
+        shutil.copytree(quickstart / part, run_dir / part)
+    result = rlhf("recipe=quickstart", f"run_dir={run_dir}", "strict_expectations=true", "torch_threads=1",
+                  *QUICKSTART_SMOKE)
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "stage 'sft' did not meet its recipe's expectations" in result.stderr
+    assert "train_loss" in result.stderr and "expected <= 0.2" in result.stderr
+    assert "FAILED" in result.stdout and "torch_threads=1" in result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary) == {"sft"} and summary["sft"]["expectations_met"] is False  # rm and ppo never started
+
+
 def test_resume_skips_finished_stages_without_starting_anything(quickstart):
     result = ok(rlhf("recipe=quickstart", f"run_dir={quickstart}", "resume=true", *QUICKSTART_SMOKE, timeout=120))
     for stage in ("sft", "rm", "ppo"):

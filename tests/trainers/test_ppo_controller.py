@@ -222,3 +222,37 @@ def test_advantage_and_return_stats_are_masked_std_not_rms(tmp_path):
     expected = float(masked_var(batch.advantages_BT, batch.mask_BT).sqrt())
     assert metrics["advantages/std"] == pytest.approx(expected)
     assert metrics["advantages/mean"] > 2.0 and metrics["advantages/std"] < metrics["advantages/mean"]
+
+
+class HackedReward(FakeReward):
+    """Scores rise with every call; the gold accuracy of the sampled evaluations rises, then falls."""
+
+    SAMPLED_EVAL_GOLD = {2: 0.5, 5: 0.75, 8: 0.5, 11: 0.25}  # reward call number -> gold fraction
+
+    @dispatch(Dispatch.SPLIT)
+    def score(self, batch):
+        self.calls += 1
+        B = len(batch)
+        right = round(B * self.SAMPLED_EVAL_GOLD.get(self.calls, 0.5))
+        return {"scores_B": torch.full((B,), float(self.calls)), "gold_B": (torch.arange(B) < right).float()}
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_reward_hacking_alarm_is_logged_summarised_and_can_stop_the_run(tmp_path, stop):
+    from rlhf.trainers.ppo import RewardHackingError
+
+    trainer, _, groups = make(tmp_path, trainer__total_steps=4, trainer__eval_every=1, trainer__save_every=1,
+                              trainer__hacking_patience=2, trainer__stop_on_reward_hacking=stop)
+    groups["reward"] = LocalWorkerGroup("reward", [HackedReward(Recorder())])
+    trainer.groups = groups
+    if stop:  # gold fell at the evaluations of steps 2 and 3 while the score rose: step 1 was the last good one
+        with pytest.raises(RewardHackingError, match=r"last good checkpoint is .*step_00000001"):
+            trainer.fit()
+        return
+    summary = trainer.fit()
+    records = {r["step"]: r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())}
+    assert [records[s]["hacking/alarm"] for s in range(5)] == [0, 0, 0, 1, 0]  # step 4: gold back to 0.5
+    assert [records[s]["hacking/divergent"] for s in range(5)] == [0, 0, 1, 1, 0]
+    assert summary["hacking_alarm"] == 1 and summary["hacking_alarm_step"] == 3
+    assert summary["hacking_divergent_evals"] == 2
+    assert summary["gold_reward_gain"] == pytest.approx(summary["gold_reward_final"] - summary["gold_reward_initial"])
