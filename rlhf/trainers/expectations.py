@@ -36,10 +36,9 @@ class ExpectationResult:
 class ExpectationsNotMet(RuntimeError):
     """A stage's result is outside its recipe's expectations and the run is strict about them."""
 
-    def __init__(self, stage: str, failed: list[ExpectationResult]) -> None:
+    def __init__(self, stage: str, failed: list[str]) -> None:
         self.stage, self.failed = stage, failed
-        super().__init__(f"stage {stage!r} did not meet its recipe's expectations: "
-                         + "; ".join(r.describe() for r in failed)
+        super().__init__(f"stage {stage!r} did not meet its recipe's expectations: " + "; ".join(failed)
                          + " (strict_expectations=true stops the run here; its outputs are kept)")
 
 
@@ -91,8 +90,18 @@ def check_stage(stage: str, expectations: dict[str, Expectation], summary_path, 
         logging.getLogger(__name__).warning("stage %s missed its recipe's expectations: %s", stage,
                                             "; ".join(r.describe() for r in failed))
         if strict:
-            raise ExpectationsNotMet(stage, failed)
+            raise ExpectationsNotMet(stage, [r.describe() for r in failed])
     return results
+
+
+def refuse_unmet(stage: str, summary: dict) -> None:
+    """Raise ExpectationsNotMet when summary.json records that `stage` missed its expectations (a strict
+    run that resumes past a stage must not build on a result a strict run would have stopped at)."""
+    failed = unmet_expectations(summary).get(stage)
+    if failed:
+        raise ExpectationsNotMet(stage, [f"{metric} = {r.get('value')}, expected {r.get('expected')} "
+                                         "(recorded in summary.json by the run that finished it)"
+                                         for metric, r in failed.items()])
 
 
 def unmet_expectations(summary: dict) -> dict[str, dict]:

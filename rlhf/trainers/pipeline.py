@@ -363,7 +363,7 @@ def _architecture_sources(cfg: RunConfig, run_dir: Path):
 # --- running -----------------------------------------------------------------------------------------------
 def run_pipeline(cfg: RunConfig, report: Preflight) -> dict:
     """Run the stages `report` selected, in order; returns the run's summary.json content."""
-    from rlhf.trainers.expectations import check_stage
+    from rlhf.trainers.expectations import check_stage, refuse_unmet
 
     run_dir = report.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -375,6 +375,8 @@ def run_pipeline(cfg: RunConfig, report: Preflight) -> dict:
         if decision.action in ("skip", "not selected"):
             logger.info("stage %s: %s%s", decision.stage, decision.action,
                         f" ({decision.reason})" if decision.reason else "")
+            if decision.action == "skip" and cfg.strict_expectations:
+                refuse_unmet(decision.stage, read_summary(run_dir))  # a finished stage that missed them
             continue
         if decision.clear:
             clear_stage(run_dir, decision.stage)

@@ -91,3 +91,15 @@ def test_monitor_state_round_trips_for_resume():
     restored.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
     assert restored == monitor
     assert restored.observe(2, 2.0, 0.3) == monitor.observe(2, 2.0, 0.3)
+
+
+def test_a_strict_resume_refuses_to_build_on_a_stage_recorded_as_failed(tmp_path):
+    from rlhf.trainers.expectations import refuse_unmet
+
+    path = tmp_path / "summary.json"
+    write_summary(path, "sft", {"train_loss": 0.8})
+    check_stage("sft", {"train_loss": Expectation(at_most=0.2)}, path, strict=False)
+    summary = json.loads(path.read_text())
+    with pytest.raises(ExpectationsNotMet, match=r"stage 'sft'.*train_loss = 0.8, expected <= 0.2 \(recorded"):
+        refuse_unmet("sft", summary)
+    refuse_unmet("rm", summary)  # no entry: nothing to refuse
