@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Phase 1: everything that can be checked before Ray or any actor starts. Errors here are the
     # user's configuration: one paragraph, exit 2.
-    from rlhf.trainers.pipeline import describe_plan, preflight, run_pipeline
+    from rlhf.trainers.pipeline import preflight, run_pipeline
+    from rlhf.trainers.plan_text import describe_plan
 
     try:
         cfg = build_config(recipes[0], overrides)

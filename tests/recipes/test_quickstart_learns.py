@@ -5,9 +5,10 @@ recipe for a few steps (tests/recipes/test_recipes_cpu.py). The run is strict (`
 a stage that misses `recipes/quickstart.yaml`'s expectations ends it with exit status 3.
 
 `RLHF_QUICKSTART_SEED` and `RLHF_QUICKSTART_THREADS` (a count, or "default") choose the seed and torch
-thread count; CI derives them from the commit so that every commit checks another cell of the
-robustness table in recipes/quickstart.md. Wall time is printed, not asserted: speed targets belong to
-bench/, never to tests.
+thread count; the CPU kernel path follows the environment (`MKL_ENABLE_INSTRUCTIONS=AVX2
+ATEN_CPU_CAPABILITY=avx2` runs an AVX2-only CPU's kernels; bench/recipe_matrix.py). CI derives seed and
+kernels from the commit so that every commit checks another cell of the robustness table in
+recipes/quickstart.md. Wall time is printed, not asserted: speed targets belong to bench/, never to tests.
 """
 import json
 import os
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 RLHF = Path(sys.executable).parent / "rlhf"
 
@@ -31,8 +33,9 @@ def test_quickstart_meets_its_targets(tmp_path):
     result = subprocess.run(args, capture_output=True, text=True, timeout=3600, env={**os.environ})
     elapsed = time.monotonic() - start
     summary = json.loads((tmp_path / "summary.json").read_text()) if (tmp_path / "summary.json").exists() else {}
-    print(f"\nquickstart seed={seed} threads={threads}: exit {result.returncode}, wall time {elapsed:.0f} s\n"
-          + json.dumps(summary, indent=1))
+    kernels = f"{torch.backends.cpu.get_cpu_capability()}, MKL_ENABLE_INSTRUCTIONS={os.environ.get('MKL_ENABLE_INSTRUCTIONS')}"
+    print(f"\nquickstart seed={seed} threads={threads} kernels={kernels}: exit {result.returncode}, "
+          f"wall time {elapsed:.0f} s\n" + json.dumps(summary, indent=1))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
     assert all(summary[stage]["expectations_met"] for stage in ("sft", "rm", "ppo"))
     # The targets of issue 18, whatever the recipe's own expectations say.
