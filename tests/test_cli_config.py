@@ -37,6 +37,11 @@ def test_help_lists_recipes_and_main_fields():
     ("ppo.algorithm.advantage.estimator=foo", ["estimator='foo'", "grpo"]),
     ("engine@ppo.engines.actor=nope", ["engine/nope", "zero3_bf16"]),
     ("sft.trainer.batch_size=10", ["sft", "batch_size=10", "divisible"]),
+    ("sft.gold_eval.task=nope", ["sft.gold_eval.task='nope'", "arithmetic"]),
+    ("sft.gold_eval.task=null", ["gold_eval.task=None", "a task name"]),
+    ("torch_threads=0", ["torch_threads=0", ">= 1"]),
+    ("rm.expectations.eval_accuracy.atleast=0.9", ["rm.expectations.eval_accuracy.atleast"]),  # unknown key
+    ("ppo.trainer.hacking_patience=-1", ["hacking_patience=-1", ">= 0"]),
 ])
 def test_bad_overrides_exit_2_with_a_message_naming_the_field(tmp_path, override, names):
     result = rlhf("recipe=quickstart", f"run_dir={tmp_path}", "dry_run=true", override)

@@ -12,8 +12,9 @@ at the end of the stage, reports each one in summary.json and the console, and â
         gold_reward_gain: {at_least: 0.15}
 
 Keys are the stage's summary.json keys (e.g. `sft.gold_accuracy`, `rm.eval_accuracy`,
-`ppo.gold_reward_gain`); any of them can be changed from the command line:
-`rm.expectations.eval_accuracy.at_least=0.85`.
+`ppo.gold_reward_gain`). A recipe's bounds can be changed from the command line
+(`rm.expectations.eval_accuracy.at_least=0.85`); new entries go in a recipe file (Hydra cannot append a
+typed entry from the command line).
 """
 from __future__ import annotations
 

@@ -96,6 +96,8 @@ def stage_inputs(cfg: RunConfig, stage: str) -> dict[str, str]:
         section = getattr(cfg, stage)
         fields = {"model.path": section.model.path, "model.tokenizer_path": section.model.tokenizer_path,
                   "data.train": section.data.train, "data.eval": section.data.eval}
+        if stage == "sft":
+            fields["gold_eval.prompts"] = section.gold_eval.prompts
     else:
         ppo = cfg.ppo
         fields = {"actor.path": ppo.actor.path, "actor.tokenizer_path": ppo.actor.tokenizer_path,
@@ -239,11 +241,18 @@ def _validate_stage(cfg: RunConfig, stage: str) -> None:
         section.validate()
     except ValueError as exc:
         raise PipelineError(f"{stage}: {exc}") from None
-    if stage == "ppo" and cfg.ppo.task.name:
-        try:
-            get_task(cfg.ppo.task.name, **dict(cfg.ppo.task.kwargs))
-        except (ValueError, TypeError) as exc:
-            raise PipelineError(f"ppo.task.name={cfg.ppo.task.name!r} / ppo.task.kwargs: {exc}") from None
+    tasks = []  # (field of the task name, field of its kwargs, name, kwargs)
+    if stage == "ppo":
+        tasks.append(("ppo.task.name", "ppo.task.kwargs", cfg.ppo.task.name, cfg.ppo.task.kwargs))
+    if stage == "sft" and cfg.sft.gold_eval.prompts:
+        g = cfg.sft.gold_eval
+        tasks.append(("sft.gold_eval.task", "sft.gold_eval.task_kwargs", g.task, g.task_kwargs))
+    for name_field, kwargs_field, name, kwargs in tasks:
+        if name:
+            try:
+                get_task(name, **dict(kwargs))
+            except (ValueError, TypeError) as exc:
+                raise PipelineError(f"{name_field}={name!r} / {kwargs_field}: {exc}") from None
 
 
 def _check_inputs(cfg: RunConfig, run_dir: Path, decisions: list[StageDecision]) -> None:

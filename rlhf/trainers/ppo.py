@@ -226,7 +226,8 @@ class PPOTrainer:
         if not self.hacking.alarmed or self.hacking.previous_step != step:
             return
         good = self.hacking.last_good_step
-        kept = [p for p in self.checkpoints.complete_checkpoints() if good is not None and self.checkpoints.step_of(p) <= good]
+        kept = [p for p in self.checkpoints.complete_checkpoints()
+                if good is not None and self.checkpoints.step_of(p) <= good]
         where = (f"the last good checkpoint is {kept[-1]}" if kept else
                  f"no checkpoint at or before step {good} is kept (trainer.keep_last={self.cfg.trainer.keep_last})")
         message = f"reward hacking suspected: {self.hacking.describe()}; {where}"
