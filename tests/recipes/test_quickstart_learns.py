@@ -6,9 +6,9 @@ a stage that misses `recipes/quickstart.yaml`'s expectations ends it with exit s
 
 `RLHF_QUICKSTART_SEED` and `RLHF_QUICKSTART_THREADS` (a count, or "default") choose the seed and torch
 thread count; the CPU kernel path follows the environment (`MKL_ENABLE_INSTRUCTIONS=AVX2
-ATEN_CPU_CAPABILITY=avx2` runs an AVX2-only CPU's kernels; bench/recipe_matrix.py). CI derives seed and
-kernels from the commit so that every commit checks another cell of the robustness table in
-recipes/quickstart.md. Wall time is printed, not asserted: speed targets belong to bench/, never to tests.
+ATEN_CPU_CAPABILITY=avx2` runs an AVX2-only CPU's kernels; bench/recipe_matrix.py). `.ci/run` runs
+the same command on a cell of the robustness table in recipes/quickstart.md chosen from the commit.
+Wall time is printed, not asserted: speed targets belong to bench/, never to tests.
 """
 import json
 import os
