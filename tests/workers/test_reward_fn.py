@@ -11,7 +11,7 @@ from rlhf.workers.reward_fn import RewardFunctionRunner  # noqa: E402
 
 
 def test_scores_come_back_in_row_order():
-    runner = RewardFunctionRunner(length_reward, timeout_s=30)
+    runner = RewardFunctionRunner(length_reward, timeout_s=300)  # real work: room on a busy CI
     try:
         assert runner(["a", "abc", ""], [None, None, None]) == [1.0, 3.0, 0.0]
         assert runner.stats.errors == runner.stats.timeouts == 0
