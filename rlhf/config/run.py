@@ -76,11 +76,12 @@ class RunConfig:
     # init, data order, sampling), so `seed=1` changes all of them at once.
     seed: int = 0
     # torch intra-op threads in every worker process (and this driver); null = what Ray gives each
-    # worker (its whole-CPU share, at least 1). Another count changes summation orders the way
-    # another CPU's kernels do: the cheap check that a recipe does not hinge on one machine. >= 1.
+    # worker (its whole-CPU share, at least 1). >= 1. Note: for the quickstart's small matmuls 1 and 2
+    # threads gave bit-identical results; to run another CPU's kernels use the environment instead
+    # (MKL_ENABLE_INSTRUCTIONS / ATEN_CPU_CAPABILITY, bench/recipe_matrix.py).
     torch_threads: int | None = None
     # When a stage's result misses its recipe's expectations (`<stage>.expectations`), stop the run
-    # with exit status 3 instead of a warning (on in CI).
+    # with exit status 3 instead of a warning (.ci/run uses it for its quickstart run).
     strict_expectations: bool = False
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

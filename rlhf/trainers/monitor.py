@@ -5,7 +5,7 @@ numbers for the same sampled responses: the reward model's mean score and the go
 healthy while they move together. Reward hacking is the policy finding what the reward model
 rewards but the truth does not: the score keeps rising while gold accuracy falls.
 
-    monitor = RewardHackingMonitor(patience=2, gold_tolerance=0.01)
+    monitor = RewardHackingMonitor(patience=2, gold_tolerance=0.02)
     metrics = monitor.observe(step, reward=..., gold=..., scores_B=..., gold_B=...)
     # {"hacking/rm_gold_corr": ..., "hacking/divergent": 0|1, "hacking/streak": k, "hacking/alarm": 0|1}
 
@@ -33,7 +33,7 @@ def pearson(x_B: torch.Tensor, y_B: torch.Tensor) -> float:
 @dataclass
 class RewardHackingMonitor:
     patience: int = 2  # divergent evaluations in a row that raise the alarm; 0 = never
-    gold_tolerance: float = 0.01  # a gold drop up to this is noise
+    gold_tolerance: float = 0.02  # a gold drop up to this is noise (ppo.trainer.hacking_gold_tolerance)
     previous_reward: float | None = None
     previous_gold: float | None = None
     previous_step: int | None = None

@@ -93,7 +93,7 @@ def shims(tmp_path):
     return env, tmp_path / "calls.log"
 
 
-def run_sbatch(env, *args, timeout=60):
+def run_sbatch(env, *args, timeout=300):  # real work: room on a busy CI
     return subprocess.run(["bash", str(SBATCH), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
