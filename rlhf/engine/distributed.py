@@ -31,16 +31,41 @@ def import_deepspeed():
 INIT_METHOD_ENV = "RLHF_DIST_INIT_METHOD"
 
 
+BACKEND_ENV = "RLHF_DIST_BACKEND"  # overrides the backend choice below (e.g. "nccl", "gloo", "cpu:gloo,cuda:nccl")
+GPU_BACKEND = "cpu:gloo,cuda:nccl"
+
+
+def backend_for(cuda: bool) -> str:
+    """The process-group backend of a rank: "gloo" without CUDA; with CUDA one group with TWO backends,
+    NCCL for CUDA tensors (DeepSpeed's gradient and ZeRO traffic, HF's synced generation) and gloo for
+    CPU tensors (the metric, count and normaliser reductions of `rlhf.workers.collectives`).
+
+    NCCL alone accepts only CUDA tensors: a CPU tensor in an NCCL-only group raises ("No backend type
+    associated with device type cpu"), so every CPU reduction of a multi-rank role would crash.
+    """
+    return GPU_BACKEND if cuda else "gloo"
+
+
 def default_backend() -> str:
-    """nccl on GPU, gloo on CPU."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    """$RLHF_DIST_BACKEND if set, else `backend_for` this machine."""
+    return os.environ.get(BACKEND_ENV) or backend_for(torch.cuda.is_available())
+
+
+def backend_devices(backend: str) -> frozenset[str]:
+    """Device types whose tensors a backend string accepts in collectives: "nccl" → {cuda}, "gloo" →
+    {cpu} (gloo's CUDA support is partial; we never rely on it), "cpu:gloo,cuda:nccl" → {cpu, cuda}."""
+    backend = backend.lower()
+    if ":" in backend:
+        return frozenset(part.split(":")[0].strip() for part in backend.split(",") if ":" in part)
+    return frozenset({"nccl": {"cuda"}, "gloo": {"cpu"}, "mpi": {"cpu", "cuda"}}.get(backend, {"cpu"}))
 
 
 def init_distributed(backend: str | None = None) -> None:
     """Initialise torch.distributed (via `deepspeed.init_distributed`) from the environment.
 
     Reads RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and LOCAL_RANK; raises RuntimeError naming any
-    that are missing. `backend` defaults to nccl with CUDA, gloo without. On GPU the current device
+    that are missing. `backend` defaults to `default_backend()` (gloo on CPU, NCCL for CUDA tensors plus
+    gloo for CPU tensors on GPU: see `backend_for`). On GPU the current device
     becomes cuda:LOCAL_RANK. Idempotent: a second call (or a call after someone else initialised
     torch.distributed) only makes sure DeepSpeed's comm layer wraps the existing process group.
 
@@ -87,6 +112,7 @@ def world_size() -> int:
 
 
 def barrier() -> None:
-    """Wait for every rank; a no-op without torch.distributed."""
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    """Wait for every rank; a no-op without torch.distributed (see `rlhf.workers.collectives.barrier`)."""
+    from rlhf.engine import collectives
+
+    collectives.barrier()

@@ -78,7 +78,7 @@ def generate_rollouts(model, tokenizer, prompts: Sequence[str | Sequence[int]], 
     prompt_ids_BP, prompt_mask_BP = left_pad(prompt_ids, tokenizer.pad_token_id, device, repeat=params.n)
     _check_context_fits(model, prompt_ids_BP.shape[1] + params.max_new_tokens)
     response_ids_BT, finish_len_B, old_logprobs_BT = _sample(model, tokenizer, prompt_ids_BP, prompt_mask_BP,
-                                                             params)
+                                                             params, synced_gpus)
 
     T = response_ids_BT.shape[1]
     mask_BT = torch.arange(T, device=device)[None, :] < finish_len_B[:, None]

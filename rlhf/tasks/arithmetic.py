@@ -12,7 +12,8 @@ What makes the task useful for RLHF, per the plain-torch study in DESIGN.md §7:
 - Preference pairs put the gold answer (chosen) against a near miss (rejected): a fraction
   `forgot_carry_negative_fraction`=0.5 of negatives are "forgot_carry", the rest one of
   `NEAR_MISS_TYPES` chosen uniformly. Every pair records its `negative_type` so reward-model accuracy
-  can be reported per type (±1/±2 are the hard ones).
+  can be reported per type (±1/±2 are the hard ones). The TRAINING pairs may use another mix
+  (`train_negative_weights`); the held-out pairs always use this one.
 - Evaluation prompts are disjoint from training prompts.
 
 "Forgot the carry", per operator: `+` gold−10; `-` gold+10 (forgot to borrow); `*` gold−10·c where
@@ -29,6 +30,7 @@ and an echoed prompt "23+58=81" (more than one integer). The verifier never rais
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections import Counter
@@ -62,11 +64,19 @@ class ArithmeticConfig:
     num_train_pairs: int = 20000  # preference pairs on train prompts (prompts drawn with replacement)
     num_eval_pairs: int = 1000  # preference pairs on eval prompts
     forgot_carry_negative_fraction: float = 0.5  # fraction of negatives that are forgot_carry
+    # The reward model's TRAINING negatives: {type: weight} over NEGATIVE_TYPES (types left out get 0);
+    # None = the held-out mix above. The held-out pairs always use the mix above, so the reported
+    # accuracy means the same whatever the training mix.
+    train_negative_weights: dict[str, float] | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "operators", tuple(self.operators))
         problems = []
+        if self.train_negative_weights is not None:
+            weights = {str(k): float(v) for k, v in dict(self.train_negative_weights).items()}
+            object.__setattr__(self, "train_negative_weights", dict(sorted(weights.items())))
+            problems += _weight_problems(weights)
         if self.digits < 1:
             problems.append(f"digits must be >= 1, got {self.digits}")
         if not self.operators or any(op not in OPERATORS for op in self.operators):
@@ -90,6 +100,9 @@ class ArithmeticConfig:
         if problems:
             raise ValueError("ArithmeticConfig: " + "; ".join(problems))
 
+    def __hash__(self) -> int:  # frozen, but train_negative_weights is a dict
+        return hash(tuple((k, tuple(v.items()) if isinstance(v, dict) else v) for k, v in asdict(self).items()))
+
     @property
     def operand_range(self) -> tuple[int, int]:
         lowest = 0 if self.digits == 1 else 10 ** (self.digits - 1)  # 1-digit operands include 0
@@ -102,6 +115,18 @@ class ArithmeticConfig:
         n = hi - lo + 1
         ordered_pairs = n * (n + 1) // 2
         return sum(ordered_pairs if op == "-" and not self.allow_negative else n * n for op in self.operators)
+
+
+def _weight_problems(weights: dict[str, float]) -> list[str]:
+    """What is wrong with a train_negative_weights mapping (empty list when it is valid)."""
+    unknown = sorted(set(weights) - set(NEGATIVE_TYPES))
+    problems = [f"train_negative_weights has unknown type(s) {unknown}; valid: {list(NEGATIVE_TYPES)}"] if unknown else []
+    bad = {k: v for k, v in weights.items() if not (math.isfinite(v) and v >= 0)}
+    if bad:
+        problems.append(f"train_negative_weights must be finite and >= 0, got {bad}")
+    elif not any(v > 0 for v in weights.values()):
+        problems.append(f"train_negative_weights needs at least one weight > 0, got {weights}")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -209,6 +234,18 @@ def sample_negative(problem: Problem, rng: random.Random, forgot_carry_fraction:
     return random_near_miss(problem.answer, rng)
 
 
+def sample_weighted_negative(problem: Problem, rng: random.Random, weights: dict[str, float]) -> tuple[int, str]:
+    """(rejected answer, negative type), the type drawn by `weights`; a type that does not apply to this
+    problem (e.g. "truncated" for a 1-digit answer) is drawn again, at most 1000 times."""
+    kinds = [k for k, w in weights.items() if w > 0]
+    for _ in range(1000):
+        kind = rng.choices(kinds, [weights[k] for k in kinds])[0]
+        value = problem.forgot_carry() if kind == "forgot_carry" else near_miss(problem.answer, kind, rng)
+        if value is not None:
+            return value, kind
+    raise ValueError(f"train_negative_weights={weights}: no type with weight > 0 applies to {problem.prompt!r}")
+
+
 def sample_problems(config: ArithmeticConfig, count: int, rng: random.Random,
                     exclude: set[Problem] | frozenset[Problem] = frozenset()) -> list[Problem]:
     """`count` distinct problems not in `exclude`, drawn uniformly over operator then operands."""
@@ -287,7 +324,10 @@ class ArithmeticTask:
         rows = []
         for _ in range(c.num_train_pairs if split == "train" else c.num_eval_pairs):
             p = rng.choice(problems)
-            value, kind = sample_negative(p, rng, c.forgot_carry_negative_fraction)
+            if split == "train" and c.train_negative_weights is not None:
+                value, kind = sample_weighted_negative(p, rng, c.train_negative_weights)
+            else:
+                value, kind = sample_negative(p, rng, c.forgot_carry_negative_fraction)
             rows.append({"prompt": p.prompt, "chosen": str(p.answer), "rejected": str(value), "negative_type": kind,
                          "answer": str(p.answer), "has_carry": p.has_carry})
         return rows

@@ -1,20 +1,8 @@
-"""Reductions across the ranks of one role (identity when the role has a single rank)."""
+"""Reductions across the ranks of one role, for the workers: the rule of which device a collective's
+tensor must be on lives in `rlhf.engine.collectives` (the only module that calls torch.distributed
+collectives); this module keeps the workers' import path."""
 from __future__ import annotations
 
-import torch
-import torch.distributed as dist
+from rlhf.engine.collectives import all_reduce_max, all_reduce_sum, barrier
 
-
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Σ over the ranks of the role (identity without a process group)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        values = values.clone()
-        dist.all_reduce(values)
-    return values
-
-
-def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
-    return values
+__all__ = ["all_reduce_max", "all_reduce_sum", "barrier"]

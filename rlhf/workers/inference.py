@@ -18,9 +18,7 @@ def forward_in_chunks(batch: RolloutBatch, chunk_size: int, collective: bool, de
                       forward: Callable[[RolloutBatch], torch.Tensor]) -> torch.Tensor:
     """Concatenate `forward(micro)` over micro-batches of `chunk_size` rows (results moved to CPU)."""
     micros = batch.split(chunk_size) if len(batch) else []
-    n_forwards = len(micros)
-    if collective:
-        n_forwards = int(all_reduce_max(torch.tensor([len(micros)])).item())
+    n_forwards = lockstep_forwards(len(micros), collective)
     outputs = []
     with torch.no_grad():
         for i in range(n_forwards):
@@ -31,6 +29,14 @@ def forward_in_chunks(batch: RolloutBatch, chunk_size: int, collective: bool, de
     if not outputs:
         return torch.zeros(0, batch.response_len)
     return torch.cat(outputs)
+
+
+def lockstep_forwards(n_local: int, collective: bool) -> int:
+    """How many forwards this rank runs: its own `n_local`, or under ZeRO-3 (`collective`) the most that
+    any rank of the role runs, so that every parameter all-gather has all ranks in it."""
+    if not collective:
+        return n_local
+    return int(all_reduce_max(torch.tensor([n_local])).item())
 
 
 def _dummy(batch: RolloutBatch) -> RolloutBatch:

@@ -14,7 +14,8 @@ from rlhf.config.engine import EngineConfig
 from rlhf.data.collate import IGNORE_INDEX, collate_preferences, collate_sft
 from rlhf.models import ModelOptions, load_causal_lm, load_reward_model, load_tokenizer, reward_scores
 from rlhf.workers.base import Dispatch, dispatch
-from rlhf.workers.collectives import all_reduce_max, all_reduce_sum
+from rlhf.workers.collectives import all_reduce_sum
+from rlhf.workers.inference import lockstep_forwards
 from rlhf.workers.sampling import SamplingMixin
 from rlhf.workers.trainable import TrainableWorker, UpdateTracker
 
@@ -75,10 +76,12 @@ class SFTWorker(SamplingMixin, SupervisedWorker):
         """Mean NLL per response token over all ranks' examples, and its perplexity."""
         self.engine.eval()
         nll, tokens = 0.0, 0
+        micros = self._micro_batches(examples)
         with torch.no_grad():
-            for micro in self._micro_batches(examples):
-                micro_nll, micro_tokens = self._token_nll(micro)
-                nll, tokens = nll + float(micro_nll), tokens + int(micro_tokens)
+            for i in range(lockstep_forwards(len(micros), self.engine.cfg.zero_stage == 3)):
+                micro_nll, micro_tokens = self._token_nll(micros[i] if i < len(micros) else examples[:1])
+                if i < len(micros):  # the extra forwards of a rank with fewer micro-batches are dropped
+                    nll, tokens = nll + float(micro_nll), tokens + int(micro_tokens)
         total = all_reduce_sum(torch.tensor([nll, tokens], dtype=torch.float64))
         mean = float(total[0] / total[1].clamp(min=1))
         return {"eval/loss": mean, "eval/perplexity": float(torch.exp(torch.tensor(mean)))}
@@ -121,12 +124,9 @@ class RewardModelWorker(SupervisedWorker):
         """{"chosen_B", "rejected_B"} scores of held-out pairs (no grad), in example order."""
         self.engine.eval()
         micros = self._micro_batches(examples)
-        n_forwards = len(micros)
-        if self.engine.cfg.zero_stage == 3:  # every rank must join every gathered forward
-            n_forwards = int(all_reduce_max(torch.tensor([len(micros)])).item())
         chosen, rejected = [], []
         with torch.no_grad():
-            for i in range(n_forwards):
+            for i in range(lockstep_forwards(len(micros), self.engine.cfg.zero_stage == 3)):
                 c, r = self._pair_scores(micros[i] if i < len(micros) else examples[:1])
                 if i < len(micros):
                     chosen.append(c.float().cpu())

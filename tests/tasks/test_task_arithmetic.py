@@ -140,6 +140,47 @@ def test_negatives_are_never_gold_and_follow_the_documented_mix(default_task):
     assert len(eval_rows) == 1000 and all(r["prompt"] in held_out for r in eval_rows)
 
 
+def test_training_negatives_can_follow_their_own_mix_while_held_out_pairs_keep_the_documented_one():
+    weights = {"plus_1": 2.0, "minus_1": 2.0, "forgot_carry": 1.0, "truncated": 1.0}
+    base = dict(num_train_prompts=300, num_eval_prompts=100, num_train_pairs=6000, num_eval_pairs=600, seed=3)
+    task = ArithmeticTask(**base, train_negative_weights=weights)
+    counts = Counter(r["negative_type"] for r in task.preference_rows("train"))
+    assert set(counts) == set(weights)
+    for kind, weight in weights.items():  # every 2-digit gold has a truncation: no redraws here
+        assert abs(counts[kind] / 6000 - weight / 6.0) < 0.025, kind
+    for r in task.preference_rows("train"):
+        assert parse_answer(r["rejected"]) != int(r["answer"])
+    # the held-out pairs are exactly those of the documented mix: same rows as without the option
+    assert task.preference_rows("eval") == ArithmeticTask(**base).preference_rows("eval")
+    assert ArithmeticTask(**base).config.train_negative_weights is None
+
+
+def test_training_mix_errors_name_the_field_and_what_was_expected():
+    with pytest.raises(ValueError, match=r"train_negative_weights has unknown type\(s\) \['plus_7'\]"):
+        ArithmeticTask(train_negative_weights={"plus_7": 1.0})
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        ArithmeticTask(train_negative_weights={"plus_1": -1.0})
+    with pytest.raises(ValueError, match="at least one weight > 0"):
+        ArithmeticTask(train_negative_weights={"plus_1": 0.0})
+    # a type that never applies (1-digit answers cannot be truncated) is a named error, not a hang
+    task = ArithmeticTask(digits=1, num_train_prompts=20, num_eval_prompts=5, num_train_pairs=50,
+                          min_operand=0, max_operand=4, train_negative_weights={"truncated": 1.0})
+    with pytest.raises(ValueError, match="no type with weight > 0 applies"):
+        task.preference_rows("train")
+
+
+def test_training_mix_reaches_the_manifest_and_the_files_stay_reproducible(tmp_path):
+    kwargs = dict(num_train_prompts=200, num_eval_prompts=50, num_train_pairs=500, num_eval_pairs=100,
+                  train_negative_weights={"plus_2": 1, "forgot_carry": 1})
+    ArithmeticTask(**kwargs).write_files(tmp_path / "a")
+    ArithmeticTask(**kwargs).write_files(tmp_path / "b")
+    for name in ("preferences_train.jsonl", "preferences_eval.jsonl", "manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["config"]["train_negative_weights"] == {"forgot_carry": 1.0, "plus_2": 1.0}
+    assert set(manifest["negative_types"]["train"]) == {"forgot_carry", "plus_2"}
+
+
 @pytest.mark.parametrize("gold, kind, expected", [
     (81, "plus_1", 82), (81, "minus_2", 79), (81, "plus_10", 91), (81, "minus_100", -19),
     (81, "truncated", 8), (81, "reversed", 18), (80, "reversed", None), (7, "truncated", None),

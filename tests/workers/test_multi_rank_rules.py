@@ -1,0 +1,135 @@
+"""GPU failure classes reproduced on CPU (issue 11): every role's real worker code on 2 ranks.
+
+1. Collectives on a device the backend accepts: NCCL takes only CUDA tensors, and the roles reduce
+   CPU tensors (metrics, counts, normalisers). The job runs under a stand-in that gives the real
+   gloo group the device rule of the backend our code asks for on a GPU machine
+   (`backend_for(cuda=True)`); with an NCCL-only backend every reduction raises, as on a GPU.
+2. ZeRO-3 forwards in lock-step: generation where one rank's rows end at their first token and the
+   other's run on, and an evaluation where the ranks have 3 and 1 micro-batches. Unsynchronised, the
+   ranks stop meeting in the parameter all-gathers: a hang, which the launcher's timeout fails.
+"""
+import ast
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlhf.engine.distributed import GPU_BACKEND, backend_devices, backend_for
+
+JOB = Path(__file__).with_name("_ranks_job.py")
+PACKAGE = Path(__file__).resolve().parents[2] / "rlhf"
+TINY = dict(num_layers=2, hidden_size=32, num_heads=2)
+COLLECTIVES = {"all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast",
+               "broadcast_object_list", "reduce", "reduce_scatter", "reduce_scatter_tensor", "all_to_all",
+               "all_to_all_single", "barrier", "gather", "scatter", "send", "recv", "isend", "irecv"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from rlhf.models.tiny import build_tiny_model, build_tiny_reward_model, build_tiny_tokenizer
+    from rlhf.tasks.arithmetic import ArithmeticTask
+
+    root = tmp_path_factory.mktemp("ranks_models")
+    build_tiny_tokenizer(root / "tok")
+    build_tiny_model(root / "lm", root / "tok", seed=0, **TINY)
+    build_tiny_reward_model(root / "rm", root / "tok", seed=1, **TINY)
+    ArithmeticTask(num_train_prompts=50, num_eval_prompts=10, num_train_pairs=40, num_eval_pairs=10).write_files(
+        root / "data")
+    return root
+
+
+def run_ranks(mode: str, models: Path, out: Path, world: int = 2, timeout_s: float = 420) -> list[dict]:
+    """Start the ranks, wait; a rank that fails or is still running at the timeout fails the test."""
+    out.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", CUDA_VISIBLE_DEVICES="")
+        log = open(out / f"rank{rank}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(models), str(out)], env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, cwd=JOB.parent))
+    hung, deadline = False, time.monotonic() + timeout_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            hung = True
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if hung or any(p.returncode for p in procs):
+        tails = "\n".join(f"--- rank{r}\n" + (out / f"rank{r}.log").read_text()[-2500:] for r in range(world))
+        raise AssertionError(f"{mode}: {'ranks still running after ' + str(timeout_s) + ' s (hang)' if hung else 'a rank failed'}"
+                             f"\n{tails}")
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def test_the_gpu_backend_serves_cpu_tensors_beside_cuda_ones():
+    assert backend_for(cuda=False) == "gloo"
+    assert backend_for(cuda=True) == GPU_BACKEND
+    assert backend_devices(GPU_BACKEND) == {"cpu", "cuda"}
+    assert backend_devices("nccl") == {"cuda"} and backend_devices("gloo") == {"cpu"}  # what the rule guards
+
+
+def test_every_role_reduces_only_tensors_the_gpu_backend_accepts(models, tmp_path):
+    rank0, rank1 = run_ranks("gpu_rules", models, tmp_path)
+    assert rank0["backend"] == GPU_BACKEND
+    for key in ("sft_train", "sft_eval", "rm_train", "actor_update", "critic_update"):
+        assert rank0[key] == rank1[key], key  # all-reduced: every rank reports the global metrics
+    for key, value in rank0["actor_update"].items():
+        assert value == value, key  # not NaN
+
+
+def test_the_stand_in_rejects_what_nccl_rejects(models, tmp_path, monkeypatch):
+    """Negative control: under an NCCL-only backend the stand-in raises NCCL's error on CPU tensors."""
+    import rlhf.engine.distributed as distributed
+
+    monkeypatch.setattr(distributed, "backend_for", lambda cuda: "nccl")
+    sys.path.insert(0, str(JOB.parent))
+    try:
+        import _ranks_job
+        import torch
+        import torch.distributed as dist
+
+        saved = {n: getattr(dist, n) for n in ("get_backend", "all_reduce")}
+        try:
+            assert _ranks_job.install_gpu_backend_rules() == "nccl"
+            with pytest.raises(RuntimeError, match="No backend type associated with device type cpu"):
+                dist.all_reduce(torch.zeros(1))
+        finally:
+            for name, fn in saved.items():
+                setattr(dist, name, fn)
+    finally:
+        sys.path.remove(str(JOB.parent))
+
+
+def test_zero3_generation_and_evaluation_keep_the_ranks_in_lock_step(models, tmp_path):
+    rank0, rank1 = run_ranks("zero3", models, tmp_path)
+    assert rank0["lengths"] == [1.0, 1.0] and rank1["lengths"] == [8.0, 8.0]  # one rank ends 7 tokens early
+    for rank in (rank0, rank1):
+        assert rank["responses"] == rank["expected"]  # the same answers as one unsharded model
+        assert rank["sft_generate"] == rank["expected"]
+        assert rank["logprob_gap"] < 1e-5
+    assert rank0["sft_eval"] == rank1["sft_eval"]
+
+
+def test_only_the_collectives_module_calls_torch_distributed_collectives():
+    """One place owns the device rule: any other module calling a collective would bypass it."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).as_posix() == "engine/collectives.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in COLLECTIVES
+                    and ast.unparse(node.func.value) in ("dist", "torch.distributed", "deepspeed.comm")):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {ast.unparse(node.func)}")
+    assert not found, found
