@@ -39,6 +39,9 @@ class PromptDataConfig:
             invalid("data", "max_prompt_len", self.max_prompt_len, ">= 1")
 
 
+ROLLOUT_DTYPES = (None, "fp32", "bf16", "fp16")
+
+
 @dataclass
 class RolloutConfig:
     """How many responses are sampled per step, and how."""
@@ -50,6 +53,16 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling; 1.0 = off
     top_k: int = 0  # top-k sampling; 0 = off
     stop_strings: list[str] = field(default_factory=list)  # end a response at any of these
+    # Precision the actor SAMPLES in: null = its engine's own; "bf16"/"fp16" = autocast for generation
+    # only (faster sampling on GPU; other numerics than the training forward).
+    dtype: str | None = None
+    # PPO's old log-probs from the actor's TRAINING forward (one extra forward per step) instead of the
+    # sampler's. null = auto: on exactly when sampling is not bit-for-bit the training forward's
+    # numerics, i.e. when the actor's engine dtype or `dtype` above is not fp32 (bf16 kernels round
+    # differently in a KV-cached decode than in a full-sequence forward); a separate rollout engine
+    # also needs it. With it, `rollout/logprob_abs_diff` and `rollout/kl_rollout_vs_train` measure the
+    # sampler/trainer gap each step (the sampler's log-probs are only used for these).
+    recompute_logprobs: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens"):
@@ -57,6 +70,14 @@ class RolloutConfig:
                 invalid("rollout", name, getattr(self, name), "an int >= 1")
         if not self.temperature > 0:
             invalid("rollout", "temperature", self.temperature, "> 0")
+        if self.dtype not in ROLLOUT_DTYPES:
+            invalid("rollout", "dtype", self.dtype, f"one of {list(ROLLOUT_DTYPES)} (null = the engine's)")
+
+    def recompute(self, engine_dtype: str) -> bool:
+        """Whether PPO recomputes old log-probs with the training forward (see `recompute_logprobs`)."""
+        if self.recompute_logprobs is not None:
+            return bool(self.recompute_logprobs)
+        return engine_dtype != "fp32" or (self.dtype or "fp32") != "fp32"
 
     @property
     def batch_size(self) -> int:

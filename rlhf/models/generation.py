@@ -5,8 +5,11 @@ tokens, V vocab. Rows are prompt-major: rows p·G … p·G+G−1 answer prompt p
 
 What `generate_rollouts` guarantees, beyond HF `generate`:
 - `old_logprobs_BT` are log softmax(logits / temperature) of the sampled tokens, read from the very
-  logits the sampler used (before top-k/top-p): exactly what `policy.response_logprobs` computes, so
-  PPO's first ratio is 1. They are taken step by step, never holding [B, T, V].
+  logits the sampler used (before top-k/top-p): what `policy.response_logprobs` computes, up to fp32
+  rounding (a KV-cached decode sums in another order than a full forward), so PPO's first ratio is 1.
+  In bf16/fp16 (`SamplingParams.dtype`, or a bf16 engine) the gap is real: PPO then recomputes them
+  with the training forward (`ppo.rollout.recompute_logprobs`). They are taken step by step, never
+  holding [B, T, V].
 - A row ends at its first EOS or at the first token whose decoded response text contains a stop
   string; that token is kept (mask 1), everything after is pad with mask 0, and the decoded
   `responses` are cut before the stop string. `truncated_B` marks rows that hit `max_new_tokens`.
@@ -23,6 +26,9 @@ import torch
 
 from rlhf.algorithms import logprobs_from_logits
 from rlhf.data.batch import RolloutBatch
+
+# SamplingParams.dtype → the autocast dtype generation runs under (None: no autocast).
+_AUTOCAST = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Generation-config fields that hub checkpoints set and that would change the sampled distribution.
 _NEUTRAL_GENERATION = dict(num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0,
@@ -43,6 +49,7 @@ class SamplingParams:
     seed: int | None = None  # fixes sampling without touching the caller's RNG; None = draw from it
     max_prompt_len: int | None = None  # longest prompt in tokens; None = no limit
     truncate_prompts: bool = False  # over-long prompt: False = ValueError, True = keep its last tokens
+    dtype: str | None = None  # None/"fp32": the model's own precision; "bf16"/"fp16": sample under autocast
 
     def __post_init__(self) -> None:
         self.stop_strings = tuple(self.stop_strings)
@@ -54,6 +61,7 @@ class SamplingParams:
             "n": (self.n >= 1, ">= 1"),
             "stop_strings": (all(isinstance(s, str) and s for s in self.stop_strings), "non-empty strings"),
             "max_prompt_len": (self.max_prompt_len is None or self.max_prompt_len >= 1, ">= 1 or None"),
+            "dtype": (self.dtype in _AUTOCAST, f"one of {list(_AUTOCAST)}"),
         }
         for name, (ok, rule) in rules.items():
             if not ok:
@@ -142,7 +150,8 @@ def _sample(model, tokenizer, prompt_ids_BP, prompt_mask_BP, params: SamplingPar
                              prompt_len=prompt_ids_BP.shape[1])
     sampling = (dict(do_sample=False, temperature=1.0, top_p=1.0) if params.greedy else
                 dict(do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p))
-    with _eval_mode(model), torch.no_grad(), _seeded(params.seed, prompt_ids_BP.device):
+    with _eval_mode(model), torch.no_grad(), _seeded(params.seed, prompt_ids_BP.device), \
+            _autocast(params.dtype, prompt_ids_BP.device):
         sequences_BS = model.generate(
             input_ids=prompt_ids_BP, attention_mask=prompt_mask_BP, max_new_tokens=params.max_new_tokens,
             eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, **sampling, **_NEUTRAL_GENERATION,
@@ -247,6 +256,13 @@ def _eval_mode(model):
         yield
     finally:
         model.train(was_training)
+
+
+def _autocast(dtype: str | None, device: torch.device):
+    """Autocast to `dtype` for sampling only (the log-probs are still read from fp32 logits)."""
+    if _AUTOCAST[dtype] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST[dtype])
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.algorithms import (AdaptiveKLController, FixedKLController, explained_variance, gae,
+from rlhf.algorithms import (AdaptiveKLController, FixedKLController, approx_kl, explained_variance, gae,
                              get_advantage_estimator, kl_penalized_rewards, masked_mean, masked_var, masked_whiten,
                              shape_scores)
 from rlhf.config.ppo import PPOConfig
@@ -145,7 +145,21 @@ class PPOTrainer:
         batch = self.groups["actor"].call("generate", [(list(e.input_ids), e.reference) for e in examples], params)
         # Each rank numbered its own prompts: renumber globally (rows keep prompt-major order).
         batch.group_ids_B = torch.arange(len(examples)).repeat_interleave(params.n)
+        if self.cfg.rollout.recompute(self.cfg.engines.actor.dtype):
+            self._recompute_old_logprobs(batch)
         return batch
+
+    def _recompute_old_logprobs(self, batch: RolloutBatch) -> None:
+        """Old log-probs from the actor's training forward; the sampler's only measure the gap:
+        rollout/logprob_abs_diff = mean |log π_sampler − log π_train| over response tokens, and
+        rollout/kl_rollout_vs_train = the k3 estimate of KL(π_sampler ‖ π_train) on the sampled tokens."""
+        sampler_BT = batch.old_logprobs_BT
+        train_BT = self.groups["actor"].call("logprobs", batch, self.cfg.rollout.temperature).to(sampler_BT.dtype)
+        mask_BT = batch.mask_BT
+        batch.extra["rollout/logprob_abs_diff"] = float(masked_mean((sampler_BT - train_BT).abs(), mask_BT))
+        batch.extra["rollout/kl_rollout_vs_train"] = float(masked_mean(approx_kl(sampler_BT, train_BT, "k3", mask_BT),
+                                                                       mask_BT))
+        batch.old_logprobs_BT = torch.where(mask_BT.bool(), train_BT, 0.0)
 
     def score(self, batch: RolloutBatch) -> RolloutBatch:
         """Reference log-probs, critic values and reward scores, computed concurrently."""
@@ -253,6 +267,7 @@ class PPOTrainer:
         }
         if not torch.isnan(batch.gold_B).all():
             m["gold/mean"] = float(batch.gold_B.mean())
+        m.update({k: v for k, v in batch.extra.items() if k.startswith("rollout/")})
         if batch.values_BT is not None:
             m["critic/values_mean"] = float(masked_mean(batch.values_BT, mask_BT))
             m["critic/explained_variance"] = float(explained_variance(batch.values_BT, batch.returns_BT, mask_BT))
@@ -282,7 +297,7 @@ class PPOTrainer:
         r = self.cfg.rollout
         return SamplingParams(max_new_tokens=r.max_new_tokens, temperature=temperature or r.temperature,
                               top_p=r.top_p, top_k=r.top_k, greedy=greedy, n=n or r.samples_per_prompt,
-                              stop_strings=tuple(r.stop_strings), seed=seed)
+                              stop_strings=tuple(r.stop_strings), seed=seed, dtype=r.dtype)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:

@@ -28,6 +28,10 @@ DISPATCH_ATTR = "_rlhf_dispatch"
 THREADS_ENV = "RLHF_TORCH_THREADS"
 
 
+# Set on every rank of a single-host group (unless already set): sockets of gloo and NCCL on loopback.
+LOOPBACK_ENV = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
+
+
 class Dispatch(str, enum.Enum):
     ALL = "all"
     RANK0 = "rank0"
@@ -97,10 +101,13 @@ class BaseWorker:
     @dispatch(Dispatch.ALL)
     def set_master(self, master_addr: str, master_port: int, loopback: bool, init_file: str | None = None) -> None:
         """Where the ranks meet. On one machine (`loopback`) nothing listens beyond 127.0.0.1: the
-        rendezvous goes through `init_file` and gloo binds to the loopback interface."""
+        rendezvous goes through `init_file`, and gloo and NCCL bind their sockets to the loopback
+        interface (NCCL's bootstrap otherwise listens on the first non-loopback interface; its data
+        goes over NVLink/PCIe/shared memory on one host anyway). A user's own *_SOCKET_IFNAME wins."""
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         if loopback:
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+            for name, value in LOOPBACK_ENV.items():
+                os.environ.setdefault(name, value)
             if init_file:
                 os.environ["RLHF_DIST_INIT_METHOD"] = f"file://{init_file}"
 

@@ -201,3 +201,19 @@ def test_the_runs_thread_count_reaches_every_worker(ray_cluster, monkeypatch):
         finally:
             groups.shutdown()
         assert counts == ([3, 3] if threads else [1, 1])  # Ray's default for a fractional CPU share: 1
+
+
+@pytest.mark.parametrize("loopback", [True, False])
+def test_single_host_ranks_bind_gloo_and_nccl_sockets_to_loopback(monkeypatch, loopback):
+    """Issue 11 §5: on one host NCCL's bootstrap must not listen on the machine's external interface."""
+
+    for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "RLHF_DIST_INIT_METHOD", "RANK", "WORLD_SIZE",
+                 "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    worker = BaseWorker("actor", 0, 2)
+    worker.set_master("127.0.0.1" if loopback else "10.0.0.5", 29500, loopback, "/tmp/rdzv" if loopback else None)
+    expected = "lo" if loopback else None
+    assert os.environ.get("GLOO_SOCKET_IFNAME") == expected and os.environ.get("NCCL_SOCKET_IFNAME") == expected
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ib0")  # the user's own choice is kept
+    worker.set_master("127.0.0.1", 29500, True, "/tmp/rdzv")
+    assert os.environ["NCCL_SOCKET_IFNAME"] == "ib0"

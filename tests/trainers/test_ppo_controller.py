@@ -55,11 +55,19 @@ class FakeActor:
                              truncated_B=torch.zeros(B, dtype=torch.bool),
                              responses=["x"] * B, references=[r for _, r in items for _ in range(params.n)])
         self.rec.note("actor", "generate", batch)
+        self.sampled = (batch.old_logprobs_BT.clone(), mask.clone())
         return batch
+
+    @dispatch(Dispatch.SPLIT)
+    def logprobs(self, batch, temperature=1.0):
+        """The 'training forward': the sampler's log-probs shifted by 0.05 on every response token."""
+        self.rec.note("actor", "logprobs", batch)
+        return batch.old_logprobs_BT - 0.05 * batch.mask_BT
 
     @dispatch(Dispatch.SPLIT_RANK0)
     def update(self, batch, loss_cfg, schedule, step, temperature=1.0):
         self.rec.note("actor", "update", batch)
+        self.seen_old_logprobs = batch.old_logprobs_BT.clone()
         self.updates.append(step)
         return {"actor/loss": 0.5, "actor/clip_frac": 0.0, "actor/entropy": 1.0}
 
@@ -256,3 +264,25 @@ def test_reward_hacking_alarm_is_logged_summarised_and_can_stop_the_run(tmp_path
     assert summary["hacking_alarm"] == 1 and summary["hacking_alarm_step"] == 3
     assert summary["hacking_divergent_evals"] == 2
     assert summary["gold_reward_gain"] == pytest.approx(summary["gold_reward_final"] - summary["gold_reward_initial"])
+
+
+@pytest.mark.parametrize("engine_dtype, rollout_dtype, forced, expected", [
+    ("fp32", None, None, False), ("bf16", None, None, True), ("fp32", "bf16", None, True),
+    ("fp32", None, True, True), ("bf16", None, False, False)])
+def test_old_logprobs_are_recomputed_exactly_when_sampling_is_not_the_training_numerics(
+        tmp_path, engine_dtype, rollout_dtype, forced, expected):
+    trainer, rec, groups = make(tmp_path, rollout__dtype=rollout_dtype, rollout__recompute_logprobs=forced)
+    trainer.cfg.engines.actor.dtype = engine_dtype
+    assert trainer.cfg.rollout.recompute(engine_dtype) is expected
+    metrics = trainer.train_step(1)
+    methods = [(role, method) for role, method, _ in rec.calls]
+    assert (("actor", "logprobs") in methods) is expected
+    if expected:  # right after sampling, before any scorer sees the batch
+        assert methods[:2] == [("actor", "generate"), ("actor", "logprobs")]
+        assert metrics["rollout/logprob_abs_diff"] == pytest.approx(0.05, abs=1e-6)
+        assert metrics["rollout/kl_rollout_vs_train"] > 0
+        actor = groups["actor"].workers[0]
+        sampler_BT, mask_BT = actor.sampled
+        assert torch.equal(actor.seen_old_logprobs, sampler_BT - 0.05 * mask_BT)  # the update used the recomputed
+    else:
+        assert not any(k.startswith("rollout/") for k in metrics)

@@ -11,7 +11,10 @@ OUT_DIR/rank<r>.json. Modes:
   are EOS at once (rank 0) or run to max_new_tokens (rank 1), and an SFT eval loss where
   the ranks have 3 and 1 micro-batches. Before ranks ran in lock-step this hung; the launcher's
   timeout turns a hang into a failure.
+- "recompute" (1 rank): the actor's sampler log-probs against its training forward, in fp32 and with
+  the sampler in bf16, and the first PPO ratio with sampler vs recomputed old log-probs.
 """
+import copy
 import json
 import os
 import random
@@ -163,10 +166,43 @@ def zero3(models: Path, out: Path) -> dict:
     return seen
 
 
+def recompute(models: Path, out: Path) -> dict:
+    """Sampler vs training-forward log-probs of the same rows, and the first PPO ratio with each."""
+    from rlhf.algorithms import masked_mean
+
+    actor = ActorWorker("actor", RANK, WORLD, seed=0)
+    actor.init_model(str(models / "lm"), OPTS, EngineConfig(lr=1e-3), 8, 1)
+    items = [("12+34=", "46"), ("5+5=", "10"), ("71+18=", "89"), ("3+40=", "43")]
+    seen = {}
+    for dtype in ("fp32", "bf16"):
+        batch = actor.generate(items, SamplingParams(max_new_tokens=5, n=2, seed=0, dtype=dtype))
+        train_BT = actor.logprobs(batch)
+        seen[f"gap_{dtype}"] = float(masked_mean((batch.old_logprobs_BT - train_BT).abs(), batch.mask_BT))
+        if dtype == "bf16":
+            g = torch.Generator().manual_seed(0)
+            batch.advantages_BT = torch.randn(batch.mask_BT.shape, generator=g) * batch.mask_BT
+            one = UpdateSchedule(epochs=1, num_minibatches=1, micro_batch_size=len(batch), shuffle=False)
+            for name, old_BT in (("sampler", batch.old_logprobs_BT), ("recomputed", train_BT)):
+                probe = copy.copy(batch)
+                probe.old_logprobs_BT = old_BT
+                metrics = _update_then_restore(actor, probe, one)
+                seen[f"ratio_{name}"] = [metrics["actor/ratio_min"], metrics["actor/ratio_max"]]
+    return seen
+
+
+def _update_then_restore(actor, batch, schedule) -> dict:
+    """The metrics of one update on `batch`; the weights are put back afterwards, so every probe's
+    ratio is measured against the weights that produced the recomputed log-probs."""
+    saved = {k: v.clone() for k, v in actor.engine.module.state_dict().items()}
+    metrics = actor.update(batch, PolicyLossConfig(), schedule, 0)
+    actor.engine.module.load_state_dict(saved)
+    return metrics
+
+
 def main() -> None:
     mode, models, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     torch.manual_seed(0)
-    seen = {"gpu_rules": gpu_rules, "zero3": zero3}[mode](models, out)
+    seen = {"gpu_rules": gpu_rules, "zero3": zero3, "recompute": recompute}[mode](models, out)
     (out / f"rank{RANK}.json").write_text(json.dumps(seen, indent=1, default=float))
 
 

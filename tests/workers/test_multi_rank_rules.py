@@ -133,3 +133,13 @@ def test_only_the_collectives_module_calls_torch_distributed_collectives():
                     and ast.unparse(node.func.value) in ("dist", "torch.distributed", "deepspeed.comm")):
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {ast.unparse(node.func)}")
     assert not found, found
+
+
+def test_recomputed_old_logprobs_make_the_first_ratio_exactly_one(models, tmp_path):
+    """fp32 sampling matches the training forward up to rounding; bf16 sampling does not, and PPO's
+    first ratio is then off 1 unless the old log-probs are recomputed with the training forward."""
+    (seen,) = run_ranks("recompute", models, tmp_path, world=1)
+    assert seen["gap_fp32"] < 1e-6, seen
+    assert seen["gap_bf16"] > 100 * max(seen["gap_fp32"], 1e-7)
+    assert seen["ratio_recomputed"] == [1.0, 1.0]
+    assert seen["ratio_sampler"] != [1.0, 1.0]
