@@ -206,7 +206,6 @@ def test_the_runs_thread_count_reaches_every_worker(ray_cluster, monkeypatch):
 @pytest.mark.parametrize("loopback", [True, False])
 def test_single_host_ranks_bind_gloo_and_nccl_sockets_to_loopback(monkeypatch, loopback):
     """Issue 11 §5: on one host NCCL's bootstrap must not listen on the machine's external interface."""
-
     for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "RLHF_DIST_INIT_METHOD", "RANK", "WORLD_SIZE",
                  "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
