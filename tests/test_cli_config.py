@@ -15,7 +15,7 @@ RLHF = Path(sys.executable).parent / "rlhf"
 RECIPES = sorted(available_recipes(config_roots()[1]))
 
 
-def rlhf(*args, timeout=120):
+def rlhf(*args, timeout=300):
     return subprocess.run([str(RLHF), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ})
 
 
@@ -147,6 +147,17 @@ def test_resume_decisions(tmp_path):
         decide(fresh, tmp_path)
     forced = build_config("quickstart", [f"run_dir={tmp_path}", "overwrite=true"])
     assert [d.clear for d in decide(forced, tmp_path)] == [False, True, True, False]
+
+
+def test_resume_refuses_a_run_dir_that_holds_no_run(tmp_path):
+    """Issue 16 §5: a missing, empty or mistyped run_dir with resume=true is an error, not a fresh run."""
+    for run_dir, says in ((tmp_path / "typo", "does not exist"), (tmp_path, "holds no earlier run")):
+        result = rlhf("recipe=quickstart", f"run_dir={run_dir}", "resume=true", "dry_run=true")
+        assert result.returncode == 2, result.stderr
+        assert f"resume=true but run_dir {run_dir} {says}" in result.stderr and "leave out resume=true" in result.stderr
+    assert not (tmp_path / "typo").exists()  # nothing was created
+    (tmp_path / "metrics.jsonl").write_text("")  # an interrupted run that logged nothing yet still counts
+    assert rlhf("recipe=quickstart", f"run_dir={tmp_path}", "resume=true", "dry_run=true").returncode == 0
 
 
 def test_no_arguments_checks_the_installation(capsys):

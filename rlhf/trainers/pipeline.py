@@ -16,6 +16,8 @@ Every trainer stage appends to run_dir/metrics.jsonl and merges its entry into r
 Decisions per stage (`StageDecision`), made before anything starts:
 - not selected (`stages=[...]` leaves it out): its outputs that a selected stage reads must exist,
   or the error names the missing path, the field that reads it and the stage that makes it;
+- resume=true on a run_dir that does not exist or holds no earlier run is refused (PipelineError):
+  a mistyped path must not quietly become a fresh run.
 - resume=true: a stage is *done* when its summary entry, its final/ and `steps >= total_steps` are
   all there — it is skipped; the first unfinished stage continues from its last checkpoint; later
   stages start fresh (stale leftovers of theirs are removed, with a warning);
@@ -144,8 +146,21 @@ def _has_outputs(stage: str, run_dir: Path, summary: dict) -> bool:
     return stage in summary or (run_dir / stage).exists()
 
 
+def holds_a_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds anything an earlier invocation wrote (summary, metrics, a stage's dir)."""
+    if not run_dir.is_dir():
+        return False
+    marks = ["summary.json", "metrics.jsonl", "data", "base", *TRAINER_STAGES]
+    return any((run_dir / name).exists() for name in marks)
+
+
 def decide(cfg: RunConfig, run_dir: Path) -> list[StageDecision]:
     """What happens to each stage of the recipe in this invocation (see the module doc)."""
+    if cfg.resume and not holds_a_run(run_dir):
+        state = "does not exist" if not run_dir.exists() else "holds no earlier run (no summary.json, metrics.jsonl or stage outputs)"
+        raise PipelineError(f"resume=true but run_dir {run_dir} {state}: nothing to continue. Check the path "
+                            "(a typo starts nothing now, rather than a fresh run that looks resumed); to start "
+                            "fresh, leave out resume=true")
     summary = read_summary(run_dir)
     selected = cfg.selected_stages
     decisions, resumed = [], False

@@ -94,14 +94,14 @@ def test_strict_expectations_stop_the_run_at_the_failing_stage_with_exit_3(quick
 
 
 def test_resume_skips_finished_stages_without_starting_anything(quickstart):
-    result = ok(rlhf("recipe=quickstart", f"run_dir={quickstart}", "resume=true", *QUICKSTART_SMOKE, timeout=120))
+    result = ok(rlhf("recipe=quickstart", f"run_dir={quickstart}", "resume=true", *QUICKSTART_SMOKE, timeout=400))
     for stage in ("sft", "rm", "ppo"):
         assert f"stage {stage}: skip" in result.stderr
     assert "Ray" not in result.stderr.replace("rlhf.trainers", "")
 
 
 def test_fresh_rerun_into_a_used_run_dir_is_refused(quickstart):
-    result = rlhf("recipe=quickstart", f"run_dir={quickstart}", "stages=[rm,ppo]", *QUICKSTART_SMOKE, timeout=120)
+    result = rlhf("recipe=quickstart", f"run_dir={quickstart}", "stages=[rm,ppo]", *QUICKSTART_SMOKE, timeout=400)
     assert result.returncode == 2 and "resume=true" in result.stderr and "overwrite=true" in result.stderr
 
 
