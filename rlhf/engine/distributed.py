@@ -38,7 +38,7 @@ GPU_BACKEND = "cpu:gloo,cuda:nccl"
 def backend_for(cuda: bool) -> str:
     """The process-group backend of a rank: "gloo" without CUDA; with CUDA one group with TWO backends,
     NCCL for CUDA tensors (DeepSpeed's gradient and ZeRO traffic, HF's synced generation) and gloo for
-    CPU tensors (the metric, count and normaliser reductions of `rlhf.workers.collectives`).
+    CPU tensors (the metric, count and normaliser reductions of `rlhf.engine.collectives`).
 
     NCCL alone accepts only CUDA tensors: a CPU tensor in an NCCL-only group raises ("No backend type
     associated with device type cpu"), so every CPU reduction of a multi-rank role would crash.
@@ -112,7 +112,7 @@ def world_size() -> int:
 
 
 def barrier() -> None:
-    """Wait for every rank; a no-op without torch.distributed (see `rlhf.workers.collectives.barrier`)."""
+    """Wait for every rank; a no-op without torch.distributed (`rlhf.engine.collectives.barrier`)."""
     from rlhf.engine import collectives
 
     collectives.barrier()

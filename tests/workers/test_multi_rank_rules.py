@@ -80,6 +80,18 @@ def test_the_gpu_backend_serves_cpu_tensors_beside_cuda_ones():
     assert backend_devices("nccl") == {"cuda"} and backend_devices("gloo") == {"cpu"}  # what the rule guards
 
 
+def test_a_tensor_moves_only_when_the_backend_cannot_take_it_where_it_is():
+    import torch
+
+    from rlhf.engine.collectives import communication_device
+
+    cpu = torch.device("cpu")
+    assert communication_device(cpu, GPU_BACKEND) == cpu  # gloo beside NCCL: CPU tensors stay put
+    assert communication_device(cpu, "gloo") == cpu
+    if torch.cuda.is_available():  # an NCCL-only group made by someone else: via the rank's GPU
+        assert communication_device(cpu, "nccl").type == "cuda"
+
+
 def test_every_role_reduces_only_tensors_the_gpu_backend_accepts(models, tmp_path):
     rank0, rank1 = run_ranks("gpu_rules", models, tmp_path)
     assert rank0["backend"] == GPU_BACKEND
