@@ -3,6 +3,8 @@
 - CPU is the default. Files named `*_gpu.py` get the `gpu` marker and are skipped without CUDA.
 - Nothing may reach a model/data hub: offline flags are set before transformers/datasets import.
 - wandb logs offline; Ray keeps every listener on loopback.
+- No test may leave a rank's rendezvous environment (RANK, MASTER_PORT, RLHF_DIST_INIT_METHOD, the
+  socket interfaces, ...) behind: every later rank process would inherit it (see `_rank_env_guard`).
 """
 import os
 
@@ -61,3 +63,30 @@ def ray_cluster():
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+
+
+# What a process reads to join a process group, and the socket interfaces its sockets bind to.
+_RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "RLHF_DIST_INIT_METHOD",
+             "RLHF_DIST_BACKEND", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+
+
+@pytest.fixture(autouse=True)
+def _rank_env_guard(request):
+    """Fail (and undo) a test that changes the rendezvous environment of the test process for good.
+
+    A leaked RLHF_DIST_INIT_METHOD once made every later world of ranks share one stale rendezvous
+    file: gloo connected to dead peers ("Connection refused") and DeepSpeed jobs hung, far from the
+    test that caused it. Fixtures of a wider scope set up before this snapshot, so they may keep
+    variables for their module or session.
+    """
+    before = {key: os.environ.get(key) for key in _RANK_ENV}
+    yield
+    leaked = {key: os.environ.get(key) for key in _RANK_ENV if os.environ.get(key) != before[key]}
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if leaked:
+        pytest.fail(f"{request.node.nodeid} left the rank environment changed: {leaked} "
+                    "(set it with monkeypatch, or in a launched process's own env)", pytrace=False)

@@ -30,6 +30,24 @@ def import_deepspeed():
 
 INIT_METHOD_ENV = "RLHF_DIST_INIT_METHOD"
 
+# Where one world's ranks meet. A launcher sets these per world and must not let a new world inherit
+# them from its own environment: two worlds sharing one rendezvous read each other's keys and connect
+# to the wrong peers (gloo "Connection refused", or a hang).
+RENDEZVOUS_ENV = REQUIRED_ENV + (INIT_METHOD_ENV,)
+
+
+def rank_environment(rank: int, world_size: int, master_port: int, init_file: str | None = None,
+                     base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of local rank `rank` of a fresh single-host world: `base` (default os.environ)
+    without any inherited rendezvous, plus RANK/LOCAL_RANK/WORLD_SIZE, MASTER_ADDR=127.0.0.1 and
+    `master_port`, and with `init_file` the file rendezvous (nothing listens on MASTER_PORT then)."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in RENDEZVOUS_ENV}
+    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(master_port))
+    if init_file is not None:
+        env[INIT_METHOD_ENV] = f"file://{init_file}"
+    return env
+
 
 BACKEND_ENV = "RLHF_DIST_BACKEND"  # overrides the backend choice below (e.g. "nccl", "gloo", "cpu:gloo,cuda:nccl")
 GPU_BACKEND = "cpu:gloo,cuda:nccl"

@@ -208,7 +208,10 @@ def test_single_host_ranks_bind_gloo_and_nccl_sockets_to_loopback(monkeypatch, l
     """Issue 11 §5: on one host NCCL's bootstrap must not listen on the machine's external interface."""
     for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "RLHF_DIST_INIT_METHOD", "RANK", "WORLD_SIZE",
                  "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first: delenv of an absent name records nothing, and set_master's values would then
+        # outlive the test (every later rank process would meet in the same stale rendezvous file)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     worker = BaseWorker("actor", 0, 2)
     worker.set_master("127.0.0.1" if loopback else "10.0.0.5", 29500, loopback, "/tmp/rdzv" if loopback else None)
     expected = "lo" if loopback else None

@@ -1,9 +1,10 @@
 """Start `_job.py` as `world` local processes with the torch.distributed environment (loopback only)."""
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from rlhf.engine.distributed import rank_environment
 
 JOB = Path(__file__).with_name("_job.py")
 
@@ -20,8 +21,8 @@ def start(mode: str, stage: int, world: int, out: Path) -> list[subprocess.Popen
     port = free_port()
     procs = []
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        # TCP rendezvous, as under torchrun; nothing inherited from this process's environment
+        env = dict(rank_environment(rank, world, port), OMP_NUM_THREADS="1")
         log = open(out / f"rank{rank}.log", "w")
         procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(stage), str(out)], env=env,
                                       stdout=log, stderr=subprocess.STDOUT, cwd=JOB.parent))

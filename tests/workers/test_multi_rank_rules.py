@@ -10,7 +10,6 @@
 """
 import ast
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.engine.distributed import GPU_BACKEND, backend_devices, backend_for
+from rlhf.engine.distributed import GPU_BACKEND, backend_devices, backend_for, rank_environment
 
 JOB = Path(__file__).with_name("_ranks_job.py")
 PACKAGE = Path(__file__).resolve().parents[2] / "rlhf"
@@ -51,8 +50,8 @@ def run_ranks(mode: str, models: Path, out: Path, world: int = 2, timeout_s: flo
         port = sock.getsockname()[1]
     procs = []
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", CUDA_VISIBLE_DEVICES="")
+        env = dict(rank_environment(rank, world, port, init_file=str(out / "rendezvous")), OMP_NUM_THREADS="1",
+                   GLOO_SOCKET_IFNAME="lo", CUDA_VISIBLE_DEVICES="")
         log = open(out / f"rank{rank}.log", "w")
         procs.append(subprocess.Popen([sys.executable, str(JOB), mode, str(models), str(out)], env=env, stdout=log,
                                       stderr=subprocess.STDOUT, cwd=JOB.parent))
