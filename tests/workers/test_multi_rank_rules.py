@@ -72,6 +72,17 @@ def run_ranks(mode: str, models: Path, out: Path, world: int = 2, timeout_s: flo
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
+def test_a_new_world_never_inherits_a_rendezvous():
+    """Two worlds meeting in one rendezvous read each other's keys (the CI failure of stop 20)."""
+    leaked = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "5", "MASTER_ADDR": "10.0.0.5", "MASTER_PORT": "1",
+              "RLHF_DIST_INIT_METHOD": "file:///tmp/stale", "PATH": "/bin"}
+    tcp = rank_environment(1, 2, 29511, base=leaked)
+    assert tcp == {"PATH": "/bin", "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": "29511"}
+    assert rank_environment(0, 2, 29511, init_file="/tmp/fresh", base=leaked)["RLHF_DIST_INIT_METHOD"] == \
+        "file:///tmp/fresh"
+
+
 def test_the_gpu_backend_serves_cpu_tensors_beside_cuda_ones():
     assert backend_for(cuda=False) == "gloo"
     assert backend_for(cuda=True) == GPU_BACKEND
