@@ -153,7 +153,7 @@ def test_hung_worker_times_out_with_its_name(ray_cluster):
         start = time.monotonic()
         with pytest.raises(WorkerTimeoutError, match=r"'reward' rank 0 failed in 'sleep': no answer within 2 s"):
             groups["reward"].call("sleep", 60, timeout_s=2)
-        assert time.monotonic() - start < 10
+        assert time.monotonic() - start < 45  # the 2 s timeout, not the 60 s sleep, ended the call
     finally:
         groups.shutdown()
 

@@ -122,7 +122,7 @@ def _print_address(tmp_path) -> str:
 
 def test_reuses_a_given_cluster_and_never_starts_or_stops_one(tmp_path):
     env = clean_env(RAY_ADDRESS="127.0.0.1:1", RAY_BIN="false", RLHF_ENTRYPOINT=_print_address(tmp_path))
-    proc = subprocess.run(["bash", str(LOCAL), "recipe=x"], env=env, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(["bash", str(LOCAL), "recipe=x"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ADDRESS=127.0.0.1:1 ARGS=recipe=x" in proc.stdout and "stopping" not in proc.stderr
 
@@ -148,7 +148,7 @@ def test_reuses_a_head_already_listening_on_the_port(tmp_path):
         server.listen()
         port = server.getsockname()[1]
         env = clean_env(RAY_PORT=str(port), RAY_BIN="false", RLHF_ENTRYPOINT=_print_address(tmp_path))
-        proc = subprocess.run(["bash", str(LOCAL), "recipe=x"], env=env, capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(["bash", str(LOCAL), "recipe=x"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"ADDRESS=127.0.0.1:{port}" in proc.stdout
 
