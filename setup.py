@@ -39,6 +39,9 @@ setup(
         "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "hypothesis>=6.80"],
         # bench/run.py only: trl 1.12.0 is the last release with the four-model PPOTrainer we compare with.
         "bench": ["trl==1.12.0", "psutil>=5.9"],
+        # ppo.rollout.engine=vllm on GPUs. CPU-only machines use vLLM's CPU build instead (README.md,
+        # "vLLM rollouts"; .ci/vllm_env.sh).
+        "vllm": ["vllm>=0.10", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["rlhf=rlhf.cli:main"]},
 )

@@ -3,7 +3,7 @@
 - `rlhf/algorithms` and `rlhf/tasks` import only torch and the standard library (and rlhf);
 - `rlhf/config` only omegaconf/hydra; `rlhf/data` only torch, datasets, transformers;
 - `ray` only in workers, distributed, trainers and the entry point (cli/launch);
-- `deepspeed` only in the engine;
+- `deepspeed` only in the engine; `vllm` only in rlhf/rollout/vllm_engine.py;
 - no layer imports a layer above it.
 """
 import ast
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rlhf"
-LAYERS = ["algorithms", "config", "data", "tasks", "models", "engine", "workers", "distributed",
+LAYERS = ["algorithms", "config", "data", "tasks", "models", "engine", "rollout", "workers", "distributed",
           "trainers", "cli"]
 RAY_ALLOWED = {"workers", "distributed", "trainers", "cli"}
 # Third-party packages each lower layer may import (stdlib and rlhf are always allowed).
@@ -23,6 +23,7 @@ THIRD_PARTY_ALLOWED = {
     "tasks": {"torch"},
     "data": {"torch", "datasets", "transformers", "pyarrow"},
 }
+VLLM_MODULE = "rollout/vllm_engine.py"
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 
@@ -56,6 +57,8 @@ def violations(path: Path) -> list[str]:
             found.append(f"{path}: ray is allowed only in {sorted(RAY_ALLOWED)}, imported in {layer}")
         if top == "deepspeed" and layer != "engine":
             found.append(f"{path}: deepspeed is allowed only in rlhf/engine, imported in {layer}")
+        if top == "vllm" and path.relative_to(PACKAGE).as_posix() != VLLM_MODULE:
+            found.append(f"{path}: vllm is allowed only in rlhf/{VLLM_MODULE}, imported here")
         if top == "rlhf" and module.count(".") >= 1 and layer in LAYERS:
             target = module.split(".")[1]
             if target in LAYERS and LAYERS.index(target) > LAYERS.index(layer):
@@ -79,7 +82,7 @@ def test_scanner_catches_violations(tmp_path, monkeypatch):
     bad_math = fake / "algorithms" / "bad.py"
     bad_math.write_text("import numpy\nfrom ray import remote\n")
     bad_data = fake / "data" / "bad.py"
-    bad_data.write_text("def f():\n    import deepspeed\n    from rlhf.trainers import ppo\n")
+    bad_data.write_text("def f():\n    import deepspeed\n    from rlhf.trainers import ppo\n    import vllm\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert len(violations(bad_math)) == 3  # numpy; ray (not torch); ray (wrong layer)
-    assert len(violations(bad_data)) == 3  # deepspeed (not allowed in data); deepspeed (wrong layer); trainers
+    assert len(violations(bad_data)) == 5  # deepspeed (not in data); deepspeed (wrong layer); trainers; vllm twice

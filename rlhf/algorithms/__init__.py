@@ -32,13 +32,14 @@ from rlhf.algorithms.losses import (
 )
 from rlhf.algorithms.masked import explained_variance, masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf.algorithms.rewards import shape_scores
+from rlhf.algorithms.rollout_correction import ROLLOUT_CORRECTIONS, apply_tis, tis_weights
 from rlhf.algorithms.registry import Registry, UnknownNameError
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGG_MODES", "AdaptiveKLController", "FixedKLController", "KL_ESTIMATORS",
-    "POLICY_LOSSES", "Registry", "UnknownNameError", "aggregate_loss", "approx_kl",
+    "POLICY_LOSSES", "ROLLOUT_CORRECTIONS", "Registry", "UnknownNameError", "aggregate_loss", "apply_tis", "approx_kl",
     "discounted_returns", "entropy_bonus", "entropy_from_logits", "gae", "get_advantage_estimator",
     "get_policy_loss", "group_mean_std", "kl_penalized_rewards", "last_valid_index",
     "logprobs_from_logits", "masked_mean", "masked_sum", "masked_var", "masked_whiten",
-    "pairwise_reward_loss", "ppo_policy_loss", "value_loss", "explained_variance", "shape_scores",
+    "pairwise_reward_loss", "ppo_policy_loss", "value_loss", "explained_variance", "shape_scores", "tis_weights",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rlhf.algorithms import ADVANTAGE_ESTIMATORS as _CRITIC_FREE
-from rlhf.algorithms import AGG_MODES, KL_ESTIMATORS
+from rlhf.algorithms import AGG_MODES, KL_ESTIMATORS, ROLLOUT_CORRECTIONS
 from rlhf.algorithms import POLICY_LOSSES as _POLICY_LOSSES
 
 ADVANTAGE_ESTIMATORS = ("gae", *_CRITIC_FREE)
@@ -164,6 +164,23 @@ class RewardShaping:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """Re-weighting for the sampler/trainer mismatch (rlhf/algorithms/rollout_correction.py has the formula).
+
+    Needs recomputed old log-probs (`ppo.rollout.recompute_logprobs`, on by default with a separate
+    rollout engine or bf16): then each token's advantage is scaled by min(π_old/π_rollout, cap)."""
+
+    mode: str = "off"  # one of ROLLOUT_CORRECTIONS: "off", or "tis" (token-level truncated importance sampling)
+    cap: float = 2.0  # C, the largest weight; >= 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in ROLLOUT_CORRECTIONS:
+            invalid("rollout_correction", "mode", self.mode, f"one of {list(ROLLOUT_CORRECTIONS)}")
+        if not self.cap >= 1:
+            invalid("rollout_correction", "cap", self.cap, ">= 1")
+
+
+@dataclass
 class AlgorithmConfig:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     kl: KLConfig = field(default_factory=KLConfig)
@@ -171,3 +188,4 @@ class AlgorithmConfig:
     policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     value_loss: ValueLossConfig = field(default_factory=ValueLossConfig)
     update: UpdateSchedule = field(default_factory=UpdateSchedule)
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)

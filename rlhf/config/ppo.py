@@ -40,6 +40,55 @@ class PromptDataConfig:
 
 
 ROLLOUT_DTYPES = (None, "fp32", "bf16", "fp16")
+ROLLOUT_ENGINES = ("hf", "vllm")
+VLLM_DTYPES = (None, "float32", "bfloat16", "float16")
+
+
+@dataclass
+class VLLMConfig:
+    """vLLM rollout engines (`ppo.rollout.engine=vllm`; rlhf/rollout/vllm_engine.py).
+
+    Layout: one engine per actor rank, in that rank's Ray actor and on its GPU (colocated; vLLM sleeps
+    while the actor trains when `enable_sleep_mode`). After every actor update the weights are synced
+    to every engine (gathered in buckets of `sync_bucket_mb` from any ZeRO stage) and versioned."""
+
+    num_engines: int | None = None  # null = one per actor rank; only that (colocated) layout is built
+    tensor_parallel_size: int = 1  # GPUs per engine; a colocated engine uses its rank's one GPU
+    gpu_memory_utilization: float = 0.4  # GPU fraction for vLLM's weights + KV cache (the actor trains in the rest)
+    max_model_len: int | None = None  # null = data.max_prompt_len + rollout.max_new_tokens
+    enforce_eager: bool = False  # true: no CUDA graphs (faster start, slower decode); the CPU build needs it
+    dtype: str | None = None  # null = the actor engine's dtype; else one of VLLM_DTYPES
+    enable_sleep_mode: bool = False  # GPU: free the KV cache and offload weights while the actor trains
+    cpu_kvcache_space_gib: int = 1  # vLLM's CPU build only: KV cache GiB (VLLM_CPU_KVCACHE_SPACE)
+    sync_bucket_mb: int = 256  # a weight sync holds at most ~this many MB of gathered full tensors per rank
+    # After each sync, score the rank's last rollout row with the engine and the actor (temperature 1):
+    # `sync/probe_max_abs_diff` shows the weights arrived (~1e-6 in fp32; bf16 is looser). A tolerance
+    # makes a larger gap a StaleWeightsError; null = only the metric.
+    verify_sync: bool = False
+    verify_sync_tolerance: float | None = None
+    options: dict = field(default_factory=dict)  # further `vllm.LLM` keyword arguments
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size != 1:
+            invalid("rollout.vllm", "tensor_parallel_size", self.tensor_parallel_size,
+                    "1: colocated engines use their actor rank's one GPU (engines on their own GPUs are not built yet)")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            invalid("rollout.vllm", "gpu_memory_utilization", self.gpu_memory_utilization, "in (0, 1]")
+        if self.dtype not in VLLM_DTYPES:
+            invalid("rollout.vllm", "dtype", self.dtype, f"one of {list(VLLM_DTYPES)} (null = the actor's)")
+        for name in ("sync_bucket_mb", "cpu_kvcache_space_gib"):
+            if getattr(self, name) < 1:
+                invalid("rollout.vllm", name, getattr(self, name), "an int >= 1")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            invalid("rollout.vllm", "max_model_len", self.max_model_len, ">= 2, or null")
+
+    def llm_options(self, actor_dtype: str, max_model_len: int) -> dict:
+        """Keyword arguments of `vllm.LLM` (besides model, seed and what the engine sets itself)."""
+        dtype = self.dtype or {"bf16": "bfloat16", "fp16": "float16"}.get(actor_dtype, "float32")
+        return dict(dtype=dtype, tensor_parallel_size=self.tensor_parallel_size,
+                    gpu_memory_utilization=self.gpu_memory_utilization,
+                    max_model_len=self.max_model_len or max_model_len, enforce_eager=self.enforce_eager,
+                    enable_sleep_mode=self.enable_sleep_mode, **dict(self.options))
 
 
 @dataclass
@@ -63,6 +112,8 @@ class RolloutConfig:
     # also needs it. With it, `rollout/logprob_abs_diff` and `rollout/kl_rollout_vs_train` measure the
     # sampler/trainer gap each step (the sampler's log-probs are only used for these).
     recompute_logprobs: bool | None = None
+    engine: str = "hf"  # what samples: "hf" (the actor's own module, HF generate) or "vllm" (see VLLMConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens"):
@@ -72,12 +123,14 @@ class RolloutConfig:
             invalid("rollout", "temperature", self.temperature, "> 0")
         if self.dtype not in ROLLOUT_DTYPES:
             invalid("rollout", "dtype", self.dtype, f"one of {list(ROLLOUT_DTYPES)} (null = the engine's)")
+        if self.engine not in ROLLOUT_ENGINES:
+            invalid("rollout", "engine", self.engine, f"one of {list(ROLLOUT_ENGINES)}")
 
     def recompute(self, engine_dtype: str) -> bool:
         """Whether PPO recomputes old log-probs with the training forward (see `recompute_logprobs`)."""
         if self.recompute_logprobs is not None:
             return bool(self.recompute_logprobs)
-        return engine_dtype != "fp32" or (self.dtype or "fp32") != "fp32"
+        return self.engine != "hf" or engine_dtype != "fp32" or (self.dtype or "fp32") != "fp32"
 
     @property
     def batch_size(self) -> int:
@@ -194,6 +247,26 @@ class PPOConfig:
             invalid("ppo", "rollout.samples_per_prompt", self.rollout.samples_per_prompt,
                     f">= 2 for the group-baseline estimator {estimator!r}")
         self._validate_batch_split()
+        self._validate_rollout_engine()
+
+    def _validate_rollout_engine(self) -> None:
+        rollout, correction = self.rollout, self.algorithm.rollout_correction
+        if rollout.engine == "vllm":
+            engines = rollout.vllm.num_engines
+            if engines is not None and engines != self.placement.actor.world_size:
+                invalid("ppo", "rollout.vllm.num_engines", engines,
+                        f"null or the actor's data-parallel size ({self.placement.actor.world_size}): one engine per "
+                        "actor rank (engines on their own GPUs are not built yet)")
+            if self.rollout.dtype is not None:
+                invalid("ppo", "rollout.dtype", self.rollout.dtype, "null with rollout.engine=vllm (set rollout.vllm.dtype)")
+        if correction.mode != "off":
+            if not rollout.recompute(self.engines.actor.dtype):
+                invalid("ppo", "algorithm.rollout_correction.mode", correction.mode,
+                        "'off' unless old log-probs are recomputed (rollout.recompute_logprobs=true, or null with "
+                        "a separate rollout engine or a non-fp32 actor): otherwise every weight is 1")
+            if self.algorithm.policy_loss.name == "dro":
+                invalid("ppo", "algorithm.rollout_correction.mode", correction.mode,
+                        "'off' with policy_loss.name=dro (its penalty is not linear in the advantage)")
 
     def _validate_batch_split(self) -> None:
         schedule = self.algorithm.update

@@ -21,7 +21,7 @@ import torch
 # Which dimension of each tensor field is "time", for padding; rows are always dimension 0.
 _TOKEN_FIELDS_BT = (
     "mask_BT", "old_logprobs_BT", "ref_logprobs_BT", "values_BT", "rewards_BT", "kl_BT",
-    "advantages_BT", "returns_BT",
+    "advantages_BT", "returns_BT", "rollout_logprobs_BT",
 )
 _SEQUENCE_FIELDS_BS = ("input_ids_BS", "attention_mask_BS")
 _ROW_FIELDS_B = ("scores_B", "gold_B", "group_ids_B", "truncated_B")
@@ -54,6 +54,8 @@ class RolloutBatch:
     kl_BT: torch.Tensor | None = None  # [B, T] float, per token: KL estimate to the reference
     advantages_BT: torch.Tensor | None = None  # [B, T] float, per token: (whitened) advantages
     returns_BT: torch.Tensor | None = None  # [B, T] float, per token: critic regression targets
+    # [B, T] float, per token: the sampler's log-probs, kept when old_logprobs_BT were recomputed by the trainer
+    rollout_logprobs_BT: torch.Tensor | None = None
     # --- text, per sequence ----------------------------------------------------------------------
     prompts: list[str] | None = None  # B prompt strings (as given to the tokenizer)
     responses: list[str] | None = None  # B decoded responses (special tokens stripped)

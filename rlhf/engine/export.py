@@ -7,6 +7,7 @@ state dict). Gathering is a collective: every rank must call `export_hf`, and on
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -33,6 +34,34 @@ def full_state_dict(module: torch.nn.Module, zero3: bool) -> dict[str, torch.Ten
             tensor = param if param is not None else value
             out[key] = tensor.detach().to("cpu", copy=True)
     return out if is_writer else None
+
+
+def full_tensor_buckets(module: torch.nn.Module, zero3: bool, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """The module's full tensors as CPU copies, in buckets of about `bucket_bytes`, on EVERY rank.
+
+    For a weight sync to rollout engines (each rank feeds its own): at most one bucket of full
+    tensors is held at a time (plus the parameter being gathered), never the whole model. With
+    `zero3` each parameter is gathered with `GatheredParameters` — a collective, so every rank must
+    consume the iterator to the end, in the same order. Keys are `module.state_dict()`'s.
+    """
+    params = dict(module.named_parameters(remove_duplicate=False))
+    gathered = import_deepspeed().zero.GatheredParameters if zero3 else None
+    bucket: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for key, value in module.state_dict().items():
+        param = params.get(key)
+        if param is not None and zero3:
+            with gathered([param], modifier_rank=None):
+                tensor = param.detach().to("cpu", copy=True)
+        else:
+            tensor = (param if param is not None else value).detach().to("cpu", copy=True)
+        bucket.append((key, tensor))
+        size += tensor.numel() * tensor.element_size()
+        if size >= bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+    if bucket:
+        yield bucket
 
 
 def export_hf(module: torch.nn.Module, out_dir: str | Path, zero3: bool, tokenizer=None) -> Path:

@@ -100,7 +100,7 @@ def generate_rollouts(model, tokenizer, prompts: Sequence[str | Sequence[int]], 
         group_ids_B=torch.arange(len(prompts), device=device).repeat_interleave(params.n),
         truncated_B=finish_len_B > T,  # never ended: still holds the "running" sentinel
         prompts=[text for text in prompt_texts for _ in range(params.n)],
-        responses=[_cut_at_stop(text, params.stop_strings)
+        responses=[cut_at_stop(text, params.stop_strings)
                    for text in tokenizer.batch_decode(response_ids_BT, skip_special_tokens=True)],
         references=None if references is None else [r for r in references for _ in range(params.n)],
     )
@@ -143,7 +143,7 @@ def _sample(model, tokenizer, prompt_ids_BP, prompt_mask_BP, params: SamplingPar
     """Run HF generate: response ids [B, T], valid lengths [B] (> T if never ended), log-probs [B, T]."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
-    eos_ids = _eos_token_ids(model, tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     tap = _LogitsTap()
     stops = _StopStrings(tokenizer, params.stop_strings) if params.stop_strings else None
     recorder = _StepRecorder(tap, params.temperature, torch.tensor(eos_ids, device=prompt_ids_BP.device), stops,
@@ -224,13 +224,13 @@ class _StopStrings:
         return torch.tensor(hits, dtype=torch.bool, device=response_ids_BT.device)
 
 
-def _cut_at_stop(text: str, stop_strings: tuple[str, ...]) -> str:
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     """`text` up to (not including) the earliest stop string in it."""
     cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
     return text[:cut]
 
 
-def _eos_token_ids(model, tokenizer) -> list[int]:
+def eos_token_ids(model, tokenizer) -> list[int]:
     """EOS ids from the model's generation config (may be several, e.g. Llama-3) and the tokenizer."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [configured]

@@ -5,6 +5,7 @@ One step (DESIGN.md §3), as `train_step` reads:
     score     reference log-probs, critic values, reward scores      (concurrently)
     advantage KL-penalized token rewards → GAE (or a critic-free estimator) → whitening
     update    actor PPO-clip and critic value regression             (concurrently)
+    sync      the actor's new weights to its rollout engines          (versioned; no copy for HF generate)
 How this departs from the paper: log-probs are computed at the sampling temperature, losses use a
 global token normalizer, and the critic may warm up alone for the first steps.
 
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from rlhf.algorithms import (AdaptiveKLController, FixedKLController, approx_kl, explained_variance, gae,
+from rlhf.algorithms import (AdaptiveKLController, FixedKLController, apply_tis, approx_kl, explained_variance, gae,
                              get_advantage_estimator, kl_penalized_rewards, masked_mean, masked_var, masked_whiten,
-                             shape_scores)
+                             shape_scores, tis_weights)
 from rlhf.config.ppo import PPOConfig
 from rlhf.data.batch import RolloutBatch
 from rlhf.data.sampler import ResumableSampler
@@ -97,6 +98,7 @@ class PPOTrainer:
                                      config=_jsonable(asdict(self.cfg)), resume_step=resume_step,
                                      console_every=max(1, self.cfg.trainer.total_steps // 20))
         try:
+            self.sync_weights()  # engines start from the actor's path: a resumed run's need its weights
             if self.state.step == 0 and not self.state.initial_eval:
                 self.state.initial_eval = self.evaluate(0)
                 self.metrics.log(0, self.state.initial_eval)
@@ -132,6 +134,9 @@ class PPOTrainer:
             return {**metrics, **timer.metrics(), "bad_steps": float(self.state.bad_steps), "skipped": 1.0}
         with timer("update"):
             metrics.update(self.update(batch, step))
+        if step > self.cfg.trainer.critic_warmup_steps:
+            with timer("sync"):
+                metrics.update(self.sync_weights())
         self.kl_ctl.update(metrics["kl/mean"], len(batch))
         tokens = float(batch.mask_BT.sum())
         return {**metrics, **timer.metrics(), "perf/tokens_per_s": tokens / max(timer.total, 1e-9),
@@ -160,6 +165,12 @@ class PPOTrainer:
         batch.extra["rollout/kl_rollout_vs_train"] = float(masked_mean(approx_kl(sampler_BT, train_BT, "k3", mask_BT),
                                                                        mask_BT))
         batch.old_logprobs_BT = torch.where(mask_BT.bool(), train_BT, 0.0)
+        batch.rollout_logprobs_BT = sampler_BT
+
+    def sync_weights(self) -> dict[str, float]:
+        """Push the actor's current weights to its rollout engines (`sync/*` metrics); each later
+        rollout is checked against this version (a stale one is a StaleWeightsError)."""
+        return dict(self.groups["actor"].call("sync_rollout_weights"))
 
     def score(self, batch: RolloutBatch) -> RolloutBatch:
         """Reference log-probs, critic values and reward scores, computed concurrently."""
@@ -189,6 +200,11 @@ class PPOTrainer:
         else:  # critic-free estimators normalise within groups / the batch themselves
             advantages_BT, batch.returns_BT = get_advantage_estimator(adv.estimator)(
                 batch.rewards_BT, batch.mask_BT, batch.group_ids_B, adv.gamma, adv.eps)
+        if algo.rollout_correction.mode == "tis":
+            weights_BT, tis = tis_weights(batch.old_logprobs_BT, batch.rollout_logprobs_BT, batch.mask_BT,
+                                          algo.rollout_correction.cap)
+            advantages_BT = apply_tis(advantages_BT, weights_BT)
+            batch.extra.update(tis)
         batch.advantages_BT = advantages_BT
         batch.extra["shaped_scores_mean"] = float(shaped_B.mean())
         return batch

@@ -59,3 +59,5 @@ def init_models(cfg: PPOConfig, groups) -> None:
         reward_fn_timeout_s=cfg.reward_role.fn_timeout_s, reward_fn_fallback=cfg.reward_role.fn_fallback))
     for call in pending:
         call.result()
+    max_model_len = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens
+    groups["actor"].call("init_rollout", cfg.rollout, max_model_len, cfg.trainer.seed)

@@ -64,10 +64,16 @@ class FakeActor:
         self.rec.note("actor", "logprobs", batch)
         return batch.old_logprobs_BT - 0.05 * batch.mask_BT
 
+    @dispatch(Dispatch.RANK0)
+    def sync_rollout_weights(self):
+        self.rec.note("actor", "sync_rollout_weights")
+        return {"time/sync_worker": 0.0, "sync/weight_version": float(len(self.updates))}
+
     @dispatch(Dispatch.SPLIT_RANK0)
     def update(self, batch, loss_cfg, schedule, step, temperature=1.0):
         self.rec.note("actor", "update", batch)
         self.seen_old_logprobs = batch.old_logprobs_BT.clone()
+        self.seen_advantages = batch.advantages_BT.clone()
         self.updates.append(step)
         return {"actor/loss": 0.5, "actor/clip_frac": 0.0, "actor/entropy": 1.0}
 
@@ -146,7 +152,8 @@ def test_stage_order_and_fields_each_stage_adds(tmp_path):
     order = [(role, method) for role, method, _ in rec.calls]
     assert order[0] == ("actor", "generate")
     assert set(order[1:4]) == {("reference", "logprobs"), ("critic", "values"), ("reward", "score")}
-    assert set(order[4:]) == {("critic", "update"), ("actor", "update")}
+    assert set(order[4:6]) == {("critic", "update"), ("actor", "update")}
+    assert order[6:] == [("actor", "sync_rollout_weights")]  # the new weights reach the rollout engines
     fields = {(role, method): f for role, method, f in rec.calls}
     scored = {"ref_logprobs_BT", "values_BT", "scores_B", "gold_B"}
     advantage = {"rewards_BT", "kl_BT", "advantages_BT", "returns_BT"}
@@ -286,3 +293,17 @@ def test_old_logprobs_are_recomputed_exactly_when_sampling_is_not_the_training_n
         assert torch.equal(actor.seen_old_logprobs, sampler_BT - 0.05 * mask_BT)  # the update used the recomputed
     else:
         assert not any(k.startswith("rollout/") for k in metrics)
+
+
+def test_tis_scales_each_tokens_advantage_by_the_capped_ratio(tmp_path):
+    """The fake trainer's log-probs are the sampler's − 0.05, so every valid token's weight is e^−0.05
+    (uncapped) and the update sees exactly the uncorrected advantages times it."""
+    seen = {}
+    for mode in ("off", "tis"):
+        trainer, _, groups = make(tmp_path / mode, rollout__recompute_logprobs=True)
+        trainer.cfg.algorithm.rollout_correction.mode = mode
+        metrics = trainer.train_step(1)
+        seen[mode] = groups["actor"].workers[0].seen_advantages
+    torch.testing.assert_close(seen["tis"], seen["off"] * math.exp(-0.05))
+    assert metrics["rollout/tis_weight_mean"] == pytest.approx(math.exp(-0.05))
+    assert metrics["rollout/tis_capped_frac"] == 0.0
