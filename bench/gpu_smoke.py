@@ -14,6 +14,9 @@ Checks, in order (each passes, fails with its error, or is skipped naming what i
                        the dry-run planner's estimate for it;
 - rollout_throughput   tokens/s of our rollout (`generate_rollouts`) on a random-init ~0.5B Llama built
                        from a config (no download), batch 64 × 256 new tokens;
+- vllm_rollout         optional (needs vLLM): the same model and batch through VLLMEngine and HFEngine —
+                       tokens/s of each and their ratio — and the seconds of one versioned weight sync
+                       into the engine (bench/rollout_engines.py is the CPU form of this line);
 - quickstart_ray       optional: the quickstart through the real `rlhf` command with `use_gpu=true`,
                        all roles colocated on the one GPU, a few PPO steps (needs Ray, Hydra).
 
@@ -40,7 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # a bare GPU box runs from the checkout, without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
-CHECKS = ("environment", "engines", "recompute_logprobs", "ppo_steps", "rollout_throughput", "quickstart_ray")
+CHECKS = ("environment", "engines", "recompute_logprobs", "ppo_steps", "rollout_throughput", "vllm_rollout",
+          "quickstart_ray")
 GIB = 1024 ** 3
 
 
@@ -478,6 +482,54 @@ def _sync(ctx: Context) -> None:
         torch.cuda.synchronize()
 
 
+def check_vllm_rollout(ctx: Context) -> dict:
+    """vLLM vs HF `generate` on the rollout-throughput model (saved to disk for vLLM to load), then one
+    weight sync of its full state dict, versioned. Both engines may stop at EOS, so tokens are counted."""
+    need("vllm", "ppo.rollout.engine=vllm")
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhf.models import SamplingParams, load_tokenizer
+    from rlhf.models.tiny import build_tiny_tokenizer
+    from rlhf.rollout import HFEngine
+    from rlhf.rollout.vllm_engine import VLLMEngine
+
+    s = ctx.sizes
+    model_dir = ctx.work / "vllm_model"
+    build_tiny_tokenizer(model_dir)
+    tokenizer = load_tokenizer(str(model_dir), padding_side="left")
+    config = LlamaConfig(**s.throughput, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if ctx.dtype == "bf16" else torch.float32
+    model = LlamaForCausalLM(config).to(dtype=dtype)
+    model.save_pretrained(model_dir)
+    model = model.to(ctx.device).eval()
+    prompt_ids = [tokenizer(f"{10 + i % 90}+{20 + i % 70}=")["input_ids"] for i in range(s.throughput_batch)]
+    params = SamplingParams(max_new_tokens=s.throughput_new_tokens, seed=0)
+    details: dict = {}
+    for name, engine in (("hf", HFEngine(lambda: model, tokenizer)),
+                         ("vllm", VLLMEngine(str(model_dir), [tokenizer.eos_token_id], seed=0, dtype=str(dtype).split(".")[1],
+                                             enforce_eager=ctx.device != "cuda", gpu_memory_utilization=0.3,
+                                             max_model_len=min(64 + s.throughput_new_tokens, config.max_position_embeddings),
+                                             cpu_kvcache_space_gib=1))):
+        engine.generate(prompt_ids[:2], SamplingParams(max_new_tokens=4, seed=0))  # warm-up
+        _sync(ctx)
+        start = time.perf_counter()
+        tokens = sum(len(c.token_ids) for c in engine.generate(prompt_ids, params))
+        _sync(ctx)
+        details[f"{name}_tokens_per_s"] = tokens / (time.perf_counter() - start)
+        if name == "vllm":
+            start = time.perf_counter()
+            stats = engine.update_weights([[(k, v.detach().cpu()) for k, v in model.state_dict().items()]], 1)
+            details.update(sync_seconds=time.perf_counter() - start, sync_mib=stats["bytes"] / 2 ** 20,
+                           weight_version=engine.weight_version)
+            engine.shutdown()
+    details["vllm_over_hf"] = details["vllm_tokens_per_s"] / details["hf_tokens_per_s"]
+    require(details["weight_version"] == 1, "the weight sync did not take", details)
+    return details
+
+
 QUICKSTART_GPU_OVERRIDES = [  # the quickstart on one GPU, every role colocated, a few steps of each stage
     "sft.use_gpu=true", "rm.use_gpu=true", "ppo.placement.use_gpu=true",
     "ppo.placement.actor.colocate=all", "ppo.placement.critic.colocate=all",
@@ -504,7 +556,7 @@ def check_quickstart_ray(ctx: Context) -> dict:
 
 CHECK_FNS = {"environment": check_environment, "engines": check_engines, "recompute_logprobs": check_recompute_logprobs,
              "ppo_steps": check_ppo_steps, "rollout_throughput": check_rollout_throughput,
-             "quickstart_ray": check_quickstart_ray}
+             "vllm_rollout": check_vllm_rollout, "quickstart_ray": check_quickstart_ray}
 
 
 def main(argv: list[str] | None = None) -> int:

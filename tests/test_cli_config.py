@@ -73,6 +73,11 @@ def test_real_model_recipe_plans_on_its_described_cluster(tmp_path):
     assert "roles=actor+reference  1 node(s) × 8 GPU(s) on node0" in result.stdout
     assert "roles=critic+reward  1 node(s) × 8 GPU(s) on node1" in result.stdout
     assert "ZeRO-3" in result.stdout
+    # vLLM rollouts: one engine per actor rank on the actor's GPUs, its reservation in the memory plan
+    assert "rollout: vllm, 8 engine(s), one per actor rank, colocated on the actor's GPUs" in result.stdout
+    rollout_row = next(line for line in result.stdout.splitlines() if line.startswith("rollout "))
+    assert float(rollout_row.split()[-1]) == pytest.approx(0.4 * 79, abs=0.01)  # gpu_memory_utilization × GPU
+    assert "[policy] actor+reference+rollout on 8 GPU(s)" in result.stdout
 
 
 def test_impossible_cluster_is_refused_with_exit_2(tmp_path):

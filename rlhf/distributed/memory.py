@@ -297,7 +297,7 @@ def estimate_role_memory(cfg: PPOConfig, role: str, model_config: "PretrainedCon
         train = micro * S * per_token + (micro * S * V * b + micro * T * V * 8 if lm_head else 0)
         activations = max(activations, train)
     kv = 0.0
-    if role == "actor":
+    if role == "actor" and cfg.rollout.engine == "hf":  # a vLLM engine holds its own (rlhf/distributed/rollout_memory.py)
         rows = math.ceil(cfg.rollout.batch_size / dp)
         kv = rows * S * shape.kv_bytes_per_token(b) + rows * V * 4 * 3 + rows * P * fwd
 
@@ -416,12 +416,19 @@ class Remedy:
 def _group_totals(cfg: PPOConfig, model_configs, gpu_memory_gb: float | None) -> list[DeviceMemory]:
     cluster = cfg.placement.cluster or None
     plan = plan_placement(cfg.placement, cfg.roles(), cluster=cluster if gpu_memory_gb is None else None)
+    from rlhf.distributed.rollout_memory import rollout_estimate
+
     estimates = estimate_memory(cfg, model_configs)
-    return [DeviceMemory(group=g.name, roles=g.roles, num_devices=g.num_nodes * g.devices_per_node,
-                         estimates=[estimates[r] for r in g.roles],
-                         total_gib=sum(estimates[r].total_gib for r in g.roles),
-                         gpu_memory_gib=_gpu_memory(cfg, g, gpu_memory_gb))
-            for g in plan.groups]
+    groups = []
+    for g in plan.groups:
+        gpu_memory = _gpu_memory(cfg, g, gpu_memory_gb)
+        members = [estimates[r] for r in g.roles]
+        if "actor" in g.roles and cfg.rollout.engine == "vllm":  # colocated engines share the actor's GPUs
+            members.append(rollout_estimate(cfg, estimates["actor"], gpu_memory))
+        groups.append(DeviceMemory(group=g.name, roles=tuple(e.role for e in members),
+                                   num_devices=g.num_nodes * g.devices_per_node, estimates=members,
+                                   total_gib=sum(e.total_gib for e in members), gpu_memory_gib=gpu_memory))
+    return groups
 
 
 def _gpu_memory(cfg: PPOConfig, group: DeviceGroup, gpu_memory_gb: float | None) -> float:

@@ -26,6 +26,10 @@ def describe_plan(cfg: RunConfig, report: Preflight) -> str:
     for stage, plan in report.plans.items():
         lines.append(f"\n== {stage}: placement ==")
         lines.append(plan.describe())
+        if stage == "ppo":
+            from rlhf.distributed.rollout_memory import describe_rollout
+
+            lines.append(describe_rollout(cfg.ppo))
         lines.append(f"== {stage}: engines ==")
         for role, engine in _engines(cfg, stage).items():
             offload = "+".join(n for n, on in (("optimizer", engine.offload_optimizer),

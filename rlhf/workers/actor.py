@@ -45,6 +45,8 @@ class ActorWorker(SamplingMixin, TrainableWorker):
             from rlhf.models.generation import eos_token_ids
             from rlhf.rollout.vllm_engine import VLLMEngine
 
+            context = getattr(self.engine.module.config, "max_position_embeddings", None)
+            max_model_len = min(max_model_len, context) if context else max_model_len  # vLLM refuses more
             self.rollout_engine = VLLMEngine(
                 self.model_path, eos_token_ids(self.engine.module, self.tokenizer), tokenizer_path=self.tokenizer_path,
                 seed=seed + self.rank, cpu_kvcache_space_gib=cfg.vllm.cpu_kvcache_space_gib,

@@ -145,7 +145,7 @@ def test_hh_rlhf_llama8b_smoke_on_cpu(quickstart, tmp_path):
             f"ppo.data.eval={data}/eval_prompts.jsonl", "ppo.data.eval_split=train", "ppo.data.max_prompt_len=16",
             "ppo.data.max_eval_prompts=8", "placement@ppo.placement=cpu_local", "ppo.rollout.prompts_per_step=8",
             "ppo.rollout.max_new_tokens=4", "ppo.algorithm.update.micro_batch_size=2",
-            "ppo.engines.forward_micro_batch_size=8", "ppo.trainer.total_steps=2"))
+            "ppo.engines.forward_micro_batch_size=8", "ppo.trainer.total_steps=2", "ppo.rollout.engine=hf"))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rm"]["steps"] == 2 and summary["ppo"]["steps"] == 2
     assert (tmp_path / "ppo" / "final_critic").exists()
@@ -160,5 +160,5 @@ def test_gsm8k_qwen05b_smoke_on_cpu(quickstart, tmp_path):
             "ppo.data.use_chat_template=false", "ppo.task.name=arithmetic", "placement@ppo.placement=cpu_local",
             "ppo.rollout.prompts_per_step=4", "ppo.rollout.samples_per_prompt=2", "ppo.rollout.max_new_tokens=4",
             "ppo.algorithm.update.micro_batch_size=2", "ppo.engines.forward_micro_batch_size=8",
-            "ppo.trainer.total_steps=2"))
+            "ppo.trainer.total_steps=2", "ppo.rollout.engine=hf"))  # the recipe's vllm is a GPU setting
     assert json.loads((tmp_path / "summary.json").read_text())["ppo"]["steps"] == 2
