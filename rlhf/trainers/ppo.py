@@ -165,7 +165,8 @@ class PPOTrainer:
         batch.extra["rollout/kl_rollout_vs_train"] = float(masked_mean(approx_kl(sampler_BT, train_BT, "k3", mask_BT),
                                                                        mask_BT))
         batch.old_logprobs_BT = torch.where(mask_BT.bool(), train_BT, 0.0)
-        batch.rollout_logprobs_BT = sampler_BT
+        if self.cfg.algorithm.rollout_correction.mode != "off":  # only the correction reads them later
+            batch.rollout_logprobs_BT = sampler_BT
 
     def sync_weights(self) -> dict[str, float]:
         """Push the actor's current weights to its rollout engines (`sync/*` metrics); each later
