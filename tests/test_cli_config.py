@@ -168,3 +168,20 @@ def test_resume_refuses_a_run_dir_that_holds_no_run(tmp_path):
 def test_no_arguments_checks_the_installation(capsys):
     assert main([]) == 0
     assert "installation OK" in capsys.readouterr().out
+
+
+def test_prompts_without_the_reference_a_task_reward_needs_are_refused_before_anything_starts(tmp_path):
+    """Issue 16 §1: a rule reward on rows without references would score every response 0, silently."""
+    from rlhf.trainers.pipeline import PipelineError, preflight
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"question": f"{i}+1="}) for i in range(4)) + "\n")
+    overrides = [f"run_dir={tmp_path / 'run'}", f"ppo.data.train={prompts}", "ppo.data.eval=null",
+                 "ppo.data.train_split=train", "ppo.data.prompt_key=question"]
+    with pytest.raises(PipelineError, match=r"ppo.data.train=.*prompts.jsonl: no field 'answer' \(ppo.data.reference_key\) "
+                                            r"\(the task's reward needs it\); the rows have fields \['question'\]"):
+        preflight(build_config("gsm8k_qwen05b", overrides))
+    with pytest.raises(PipelineError, match=r"no field 'prompt' \(ppo.data.prompt_key\)"):
+        preflight(build_config("gsm8k_qwen05b", overrides + ["ppo.data.prompt_key=prompt"]))
+    prompts.write_text("\n".join(json.dumps({"question": f"{i}+1=", "answer": str(i + 1)}) for i in range(4)) + "\n")
+    preflight(build_config("gsm8k_qwen05b", overrides))  # the fields are there: accepted

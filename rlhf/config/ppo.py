@@ -144,6 +144,15 @@ class RewardRoleConfig:
     use_task_reward: bool = False  # true: the task's rule-based reward (RLVR); false: the reward model
     fn_timeout_s: float = 10.0  # per-call timeout of a rule-based reward function; > 0
     fn_fallback: float = 0.0  # score given when the function raises, hangs or returns NaN
+    # Stop the run (RewardFunctionError) when the task's reward function fails on more than this
+    # fraction of a training batch's rows; failures are counted per step either way (reward/fn_*).
+    max_fn_failure_frac: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.fn_timeout_s > 0:
+            invalid("reward_role", "fn_timeout_s", self.fn_timeout_s, "> 0")
+        if not 0 <= self.max_fn_failure_frac <= 1:
+            invalid("reward_role", "max_fn_failure_frac", self.max_fn_failure_frac, "in [0, 1] (1 = never stop)")
 
 
 @dataclass

@@ -14,6 +14,8 @@ directory or name; for a single file, it is the index within the file.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -90,9 +92,11 @@ def load_rows(source: str | Path, split: str = "train", cache_dir: str | None = 
         builder = BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise DataError(text, f"unsupported file type {path.suffix!r}; expected one of {sorted(BUILDERS)}")
+        data_file = path
         if builder == "json":
             lines = check_json_file(path)
-        load = partial(datasets.load_dataset, builder, data_files={split_name: str(path)}, split=split,
+            data_file = _without_bom(path)
+        load = partial(datasets.load_dataset, builder, data_files={split_name: str(data_file)}, split=split,
                        cache_dir=cache_dir)
     elif path.is_dir():
         files = [p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")]
@@ -121,6 +125,26 @@ def load_rows(source: str | Path, split: str = "train", cache_dir: str | None = 
     return RawRows(dataset=dataset, source=text, lines=lines, columns=list(dataset.column_names))
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _without_bom(path: Path) -> Path:
+    """`path`, or for a file starting with a UTF-8 byte-order mark (Windows editors write one) a copy
+    without it in the temp directory: `datasets`' JSON reader rejects the mark."""
+    raw = path.read_bytes()
+    if not raw.startswith(_BOM):
+        return path
+    import hashlib
+
+    copy = Path(tempfile.gettempdir()) / "rlhf-bom-free" / f"{hashlib.sha256(raw).hexdigest()[:16]}{path.suffix}"
+    if not copy.exists():
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        partial_copy = copy.with_suffix(copy.suffix + f".{os.getpid()}.tmp")
+        partial_copy.write_bytes(raw[len(_BOM):])
+        os.replace(partial_copy, copy)
+    return copy
+
+
 def check_json_file(path: Path) -> list[int] | None:
     """Validate a .json/.jsonl file; return the 1-based line number of each record (None for a JSON array).
 
@@ -134,6 +158,8 @@ def check_json_file(path: Path) -> list[int] | None:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(source, f"cannot read file: {exc.strerror or exc}") from exc
+    if raw.startswith(_BOM):  # a UTF-8 byte-order mark is not part of the first record
+        raw = raw[len(_BOM):]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -42,14 +42,20 @@ def full_tensor_buckets(module: torch.nn.Module, zero3: bool, bucket_bytes: int)
     For a weight sync to rollout engines (each rank feeds its own): at most one bucket of full
     tensors is held at a time (plus the parameter being gathered), never the whole model. With
     `zero3` each parameter is gathered with `GatheredParameters` — a collective, so every rank must
-    consume the iterator to the end, in the same order. Keys are `module.state_dict()`'s.
+    consume the iterator to the end, in the same order. Keys are `module.state_dict()`'s; a tied
+    parameter (e.g. an LM head sharing the embedding) is sent once, under its first name, as a
+    checkpoint of a tied model holds it.
     """
     params = dict(module.named_parameters(remove_duplicate=False))
     gathered = import_deepspeed().zero.GatheredParameters if zero3 else None
     bucket: list[tuple[str, torch.Tensor]] = []
-    size = 0
+    size, sent = 0, set()
     for key, value in module.state_dict().items():
         param = params.get(key)
+        if param is not None:
+            if id(param) in sent:
+                continue
+            sent.add(id(param))
         if param is not None and zero3:
             with gathered([param], modifier_rank=None):
                 tensor = param.detach().to("cpu", copy=True)

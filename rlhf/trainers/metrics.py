@@ -12,7 +12,9 @@ Sinks, in the order they receive a step:
   stays intact.
 
 A metrics sink must never kill a multi-day run: a sink that fails to start or to write logs a
-warning and is switched off; the others carry on. Heavy libraries are imported only when a sink
+warning and is switched off; the others carry on. The JSONL is the exception, since it is what a run
+must not lose: a failed append is retried (`JSONL_ATTEMPTS`), then the run stops with a
+`MetricsWriteError` naming the file, so a full disk never leaves a run training without its record. Heavy libraries are imported only when a sink
 starts, so importing this module is cheap.
 
 Resume: construct the logger with `resume_step=<checkpoint step>`; records of this stage logged after
@@ -27,6 +29,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +115,8 @@ class MetricsLogger:
         for name, sink in list(self._sinks.items()):
             try:
                 sink.write(int(step), values)
+            except MetricsWriteError:
+                raise
             except Exception as exc:  # noqa: BLE001 - see module docstring
                 logger.warning("metrics: %s sink failed at step %d, switching it off: %r", name, step, exc)
                 self._drop_sink(name)
@@ -156,6 +161,14 @@ class MetricsLogger:
             logger.info("[%s] step %d %s", self.stage, step, text)
 
 
+JSONL_ATTEMPTS = 3  # appends of one record before the run stops
+JSONL_RETRY_WAIT_S = 0.5  # × the attempt number, between attempts
+
+
+class MetricsWriteError(OSError):
+    """metrics.jsonl could not be appended to, even after retries."""
+
+
 class _JsonlSink:
     """Appends one line per step. The file is opened per write so that it never holds a handle to
     a file that `truncate_after` has replaced, and a crash loses at most the line being written."""
@@ -165,8 +178,24 @@ class _JsonlSink:
 
     def write(self, step: int, values: dict[str, float]) -> None:
         line = json.dumps({"stage": self.stage, "step": step, **_json_safe(values)}, allow_nan=False)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")  # one write: a crash leaves at most a torn last line
+        error = None
+        for attempt in range(1, JSONL_ATTEMPTS + 1):
+            try:
+                if attempt > 1 and _has_torn_tail(self.path):  # a failed append may have left half a line
+                    _atomic_write_text(self.path, "".join(_complete_lines(self.path)))
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(line + "\n")  # one write: a crash leaves at most a torn last line
+                return
+            except OSError as exc:
+                error = exc
+                logger.warning("metrics: appending step %d to %s failed (attempt %d of %d): %r", step, self.path,
+                               attempt, JSONL_ATTEMPTS, exc)
+                if attempt < JSONL_ATTEMPTS:
+                    time.sleep(JSONL_RETRY_WAIT_S * attempt)
+        raise MetricsWriteError(
+            f"metrics: could not append step {step} of stage {self.stage!r} to {self.path} after {JSONL_ATTEMPTS} "
+            f"attempts ({error!r}); metrics.jsonl is the run's record (resume, plots and summary.json read it), so "
+            "the run stops here: fix the disk or permissions, then resume=true continues from the last checkpoint")
 
     def close(self) -> None:
         pass

@@ -227,6 +227,8 @@ def preflight(cfg: RunConfig) -> Preflight:
     for stage in to_run:
         _validate_stage(cfg, stage)
     _check_inputs(cfg, run_dir, decisions)
+    if "ppo" in to_run:
+        _check_prompt_fields(cfg.ppo)
     _check_reward_norm(cfg, run_dir, to_run)
     if cfg.ppo.placement.cluster:
         report.cluster, report.cluster_source = list(cfg.ppo.placement.cluster), "described (ppo.placement.cluster)"
@@ -291,6 +293,33 @@ def _check_inputs(cfg: RunConfig, run_dir: Path, decisions: list[StageDecision])
                        f"{cfg.selected_stages}): run it first or add it to stages" if producer else
                        "no stage of this recipe makes it")
             raise PipelineError(f"{name}={value} does not exist: {made_by}")
+
+
+def _check_prompt_fields(ppo) -> None:
+    """PPO's local prompt files hold the fields the run reads — the prompt, and the reference a task
+    scores against (`ppo.task.name`) — checked now, not after the SFT and RM stages have trained.
+    Files an earlier stage makes, and hub datasets, are checked when the PPO stage loads them."""
+    from rlhf.data.sources import DataError, load_rows
+
+    required = [("ppo.data.prompt_key", ppo.data.prompt_key)]
+    if ppo.task.name:
+        if ppo.data.reference_key is None:
+            raise PipelineError(f"ppo.data.reference_key=null but ppo.task.name={ppo.task.name!r} scores each "
+                                "response against its row's reference: name the reference field")
+        required.append(("ppo.data.reference_key", ppo.data.reference_key))
+    for name, source, split in (("ppo.data.train", ppo.data.train, ppo.data.train_split),
+                                ("ppo.data.eval", ppo.data.eval, ppo.data.eval_split)):
+        if not source or not Path(source).expanduser().exists():
+            continue
+        try:
+            columns = load_rows(source, split).columns
+        except DataError as exc:
+            raise PipelineError(f"{name}: {exc}") from None
+        for key_field, key in required:
+            if key not in columns:
+                why = " (the task's reward needs it)" if key_field.endswith("reference_key") else ""
+                raise PipelineError(f"{name}={source}: no field {key!r} ({key_field}){why}; the rows have "
+                                    f"fields {columns}")
 
 
 def _check_reward_norm(cfg: RunConfig, run_dir: Path, to_run: list[str]) -> None:

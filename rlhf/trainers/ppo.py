@@ -47,6 +47,13 @@ class NonFiniteRunError(FloatingPointError):
     """Too many consecutive steps had NaN/inf rewards, values or log-probs."""
 
 
+class RewardFunctionError(RuntimeError):
+    """The task's reward function failed on more than `reward_role.max_fn_failure_frac` of a batch."""
+
+
+FN_FAILURE_KINDS = ("errors", "timeouts", "non_finite")  # fn_failures_B codes 1, 2, 3 (rlhf/workers/reward_fn.py)
+
+
 class RewardHackingError(RuntimeError):
     """The reward-hacking monitor raised its alarm and `trainer.stop_on_reward_hacking` is set."""
 
@@ -62,6 +69,7 @@ class ControllerState:
     bad_steps: int = 0
     initial_eval: dict = field(default_factory=dict)
     hacking: dict = field(default_factory=dict)  # RewardHackingMonitor state
+    reward_fn_failures: dict = field(default_factory=dict)  # kind → rows scored by the fallback, whole run
 
 
 class PPOTrainer:
@@ -183,7 +191,37 @@ class PPOTrainer:
         batch.values_BT = values.result() if values is not None else None
         scored = scores.result()
         batch.scores_B, batch.gold_B = scored["scores_B"].float(), scored["gold_B"].float()
+        failures = self._fn_failures(scored, "reward")
+        batch.extra.update(failures)
+        self._check_fn_failures(failures, len(batch))
         return batch
+
+    def _fn_failures(self, scored: dict, prefix: str) -> dict[str, float]:
+        """Rows whose task-reward score is the fallback, by kind (`<prefix>/fn_<kind>`, and the fraction);
+        added to the run's totals (summary.json `reward_fn_<kind>`). {} when no reward function ran."""
+        failures_B = scored.get("fn_failures_B")
+        if failures_B is None:
+            return {}
+        counts = {kind: int((failures_B == code).sum()) for code, kind in enumerate(FN_FAILURE_KINDS, start=1)}
+        totals = self.state.reward_fn_failures
+        for kind, n in counts.items():
+            totals[kind] = totals.get(kind, 0) + n
+        return {**{f"{prefix}/fn_{kind}": float(n) for kind, n in counts.items()},
+                f"{prefix}/fn_failure_frac": float((failures_B > 0).float().mean()) if len(failures_B) else 0.0}
+
+    def _check_fn_failures(self, counts: dict[str, float], rows: int) -> None:
+        """RewardFunctionError when more than `max_fn_failure_frac` of the batch got the fallback score."""
+        limit = self.cfg.reward_role.max_fn_failure_frac
+        if not counts or counts["reward/fn_failure_frac"] <= limit:
+            return
+        stats = self.groups["reward"].call("reward_fn_stats")
+        examples = [e for rank in (stats if isinstance(stats, list) else [stats]) for e in rank.get("examples", [])]
+        detail = ", ".join(f"{kind} {int(counts[f'reward/fn_{kind}'])}" for kind in FN_FAILURE_KINDS)
+        raise RewardFunctionError(
+            f"step {self.state.step + 1}: the task's reward function failed on "
+            f"{counts['reward/fn_failure_frac']:.0%} of {rows} rows ({detail}) > reward_role.max_fn_failure_frac="
+            f"{limit:g}; their score would be the fallback {self.cfg.reward_role.fn_fallback:g}. First failures: "
+            f"{examples[:3] or 'see the reward worker log'}")
 
     def compute_advantages(self, batch: RolloutBatch) -> RolloutBatch:
         """KL-penalized token rewards, then advantages and returns (GAE, or a critic-free estimator)."""
@@ -242,6 +280,8 @@ class PPOTrainer:
             batch = self.groups["actor"].call("generate", items, params)
             scored = self.groups["reward"].call("score", batch)
             scores_B, gold_B = scored["scores_B"].float(), scored["gold_B"].float()  # the monitor reads the last: sampled
+            out.update({k.replace("eval/fn_", f"eval/reward_fn_{name}_"): v
+                        for k, v in self._fn_failures(scored, "eval").items() if k != "eval/fn_failure_frac"})
             out[f"eval/reward_{name}"] = float(scores_B.mean())
             if not torch.isnan(gold_B).all():
                 out[f"eval/gold_{name}"] = float(gold_B.mean())
@@ -284,7 +324,7 @@ class PPOTrainer:
         }
         if not torch.isnan(batch.gold_B).all():
             m["gold/mean"] = float(batch.gold_B.mean())
-        m.update({k: v for k, v in batch.extra.items() if k.startswith("rollout/")})
+        m.update({k: v for k, v in batch.extra.items() if k.startswith(("rollout/", "reward/fn_"))})
         if batch.values_BT is not None:
             m["critic/values_mean"] = float(masked_mean(batch.values_BT, mask_BT))
             m["critic/explained_variance"] = float(explained_variance(batch.values_BT, batch.returns_BT, mask_BT))
@@ -359,6 +399,7 @@ class PPOTrainer:
         history = read_jsonl(self.run_dir / "metrics.jsonl", stage=self.stage)  # includes steps before a resume
         last_eval = next((r for r in reversed(history) if any(k.startswith("eval/") for k in r)), {})
         summary = {"steps": self.state.step, "bad_steps": self.state.bad_steps}
+        summary.update({f"reward_fn_{kind}": n for kind, n in self.state.reward_fn_failures.items()})
         for name in ("gold_sampled", "gold_greedy", "reward_sampled", "reward_greedy"):
             key = f"eval/{name}"
             if key in self.state.initial_eval or key in last_eval:

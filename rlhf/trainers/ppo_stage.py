@@ -25,7 +25,8 @@ def load_prompts(cfg: PPOConfig):
     """(train, eval) PromptDatasets tokenized with the actor's tokenizer."""
     tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, padding_side="left")
     data = cfg.data
-    common = dict(prompt_key=data.prompt_key, reference_key=data.reference_key,
+    # A task scores responses against each row's reference: without them every score would be 0.
+    common = dict(prompt_key=data.prompt_key, reference_key=data.reference_key, require_reference=bool(cfg.task.name),
                   use_chat_template=data.use_chat_template, max_prompt_len=data.max_prompt_len,
                   overlong=data.overlong)
     train = PromptDataset(data.train, tokenizer, split=data.train_split, **common)

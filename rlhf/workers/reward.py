@@ -49,16 +49,21 @@ class RewardWorker(BaseWorker):
 
     @dispatch(Dispatch.SPLIT)
     def score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
-        """{"scores_B": [B] float, "gold_B": [B] float (NaN without a verifier)}."""
+        """{"scores_B": [B] float, "gold_B": [B] float (NaN without a verifier), "fn_failures_B": [B] long}.
+
+        `fn_failures_B` is 0 where the task's reward function gave the score, else the failure that gave
+        the fallback instead (1 error, 2 timeout, 3 non-finite: `reward_fn.FAILURE_KINDS`)."""
         gold_B = torch.full((len(batch),), float("nan"))
+        failures_B = torch.zeros(len(batch), dtype=torch.long)
         if self.verifier is not None:
             gold_B = torch.tensor(self.verifier(batch.responses, batch.references), dtype=torch.float32)
+            failures_B = torch.tensor(self.verifier.failure_codes(), dtype=torch.long)
         if self.rule is not None:
-            return {"scores_B": gold_B.clone(), "gold_B": gold_B}
+            return {"scores_B": gold_B.clone(), "gold_B": gold_B, "fn_failures_B": failures_B}
         scores_B = forward_in_chunks(
             batch, self.forward_batch_size, self.engine.cfg.zero_stage == 3, self.device,
             lambda micro: reward_scores(self.engine.module, micro.input_ids_BS, micro.attention_mask_BS))
-        return {"scores_B": scores_B, "gold_B": gold_B}
+        return {"scores_B": scores_B, "gold_B": gold_B, "fn_failures_B": failures_B}
 
     @dispatch(Dispatch.ALL)
     def reward_fn_stats(self) -> dict:

@@ -3,7 +3,11 @@
 A task's reward function (e.g. the arithmetic verifier, a unit-test runner for code) is user code.
 It runs in a separate process so that a hang can be cut off: each call gets `timeout_s`; an
 exception or a timeout gives the configured fallback score, is counted, and is logged with the row.
-After a timeout the process is replaced (a hung process cannot be interrupted from outside).
+After a timeout the process is replaced (a hung process cannot be interrupted from outside), and
+after `HANG_LIMIT` consecutive timeouts in one batch the batch's remaining rows are counted as
+timeouts without being tried, so a function that always hangs costs at most HANG_LIMIT × timeout_s
+per batch, not per row. `last_failures` says, per row of the last call, which failure (if any) gave
+its score: the reward worker turns it into `fn_failures_B` for the per-step metrics.
 """
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 logger = logging.getLogger(__name__)
+
+FAILURE_KINDS = ("errors", "timeouts", "non_finite")  # codes 1, 2, 3 of `failure_codes`; 0 = a real score
+HANG_LIMIT = 2  # consecutive timeouts in one batch after which its remaining rows are not tried
 
 
 @dataclass
@@ -55,6 +62,7 @@ class RewardFunctionRunner:
             raise ValueError(f"reward function timeout_s must be > 0, got {timeout_s}")
         self.fn, self.timeout_s, self.fallback = fn, timeout_s, float(fallback)
         self.stats = RewardFnStats()
+        self.last_failures: list[str | None] = []
         self._context = mp.get_context("spawn")
         self._pool = None
 
@@ -73,9 +81,22 @@ class RewardFunctionRunner:
     def __call__(self, responses: Sequence[str], references: Sequence[Any]) -> list[float]:
         if len(responses) != len(references):
             raise ValueError(f"{len(responses)} responses but {len(references)} references")
-        return [self._score_one(i, r, ref) for i, (r, ref) in enumerate(zip(responses, references))]
+        self.last_failures, scores, hung = [], [], 0
+        for row, (response, reference) in enumerate(zip(responses, references)):
+            if hung >= HANG_LIMIT:
+                value, kind = self._fail("timeouts", f"row {row}: not tried after {hung} consecutive timeouts")
+            else:
+                value, kind = self._score_one(row, response, reference)
+            hung = hung + 1 if kind == "timeouts" else 0
+            scores.append(value)
+            self.last_failures.append(kind)
+        return scores
 
-    def _score_one(self, row: int, response: str, reference: Any) -> float:
+    def failure_codes(self) -> list[int]:
+        """Per row of the last call: 0 = the function's score, else 1 + FAILURE_KINDS.index(kind)."""
+        return [0 if kind is None else 1 + FAILURE_KINDS.index(kind) for kind in self.last_failures]
+
+    def _score_one(self, row: int, response: str, reference: Any) -> tuple[float, str | None]:
         pending = self._ensure_pool().apply_async(_call, (response, reference))
         try:
             value = pending.get(timeout=self.timeout_s)
@@ -86,12 +107,12 @@ class RewardFunctionRunner:
             return self._fail("errors", f"row {row}: {type(exc).__name__}: {exc}")
         if value != value or value in (float("inf"), float("-inf")):
             return self._fail("non_finite", f"row {row}: returned {value}")
-        return value
+        return value, None
 
-    def _fail(self, kind: str, description: str) -> float:
+    def _fail(self, kind: str, description: str) -> tuple[float, str]:
         self.stats.record(kind, description)
         logger.warning("reward function %s (fallback score %g): %s", kind.rstrip("s"), self.fallback, description)
-        return self.fallback
+        return self.fallback, kind
 
     def close(self) -> None:
         self._restart()

@@ -167,3 +167,15 @@ def test_data_error_survives_pickling():
     back = pickle.loads(pickle.dumps(err))
     assert str(back) == str(err) == "f.jsonl, row 3 (line 5), field 'prompt': expected a non-empty string"
     assert (back.row, back.line, back.field) == (3, 5, "prompt")
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    """Issue 16 §12: files saved by Windows editors start with a BOM; before, row 0 was 'malformed JSON'."""
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": "2"}\n')
+    rows = load_rows(path)
+    assert rows.columns == ["prompt", "answer"] and rows.column("prompt") == ["a", "b"] and rows.lines == [1, 2]
+    bad = tmp_path / "bom_bad.jsonl"
+    bad.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "a"}\n{"prompt": \n')
+    with pytest.raises(DataError, match=r"row 1 \(line 2\): malformed JSON"):  # errors still point at the line
+        load_rows(bad)

@@ -18,7 +18,7 @@ def test_buckets_cover_the_state_dict_and_respect_the_size(rollout_models):
         size = sum(t.numel() * t.element_size() for _, t in bucket)
         assert limit <= size < limit + biggest
     names = [name for bucket in buckets for name, _ in bucket]
-    assert names == list(state)
+    assert names == list(state)  # this model is untied: every name
     for bucket in buckets:
         for name, tensor in bucket:
             assert tensor.device.type == "cpu" and torch.equal(tensor, state[name])
@@ -44,3 +44,14 @@ def test_lora_merge_names_a_layer_whose_adapter_is_missing():
     buckets = [[(f"{base}.base_layer.weight", torch.zeros(2, 2)), (f"{base}.lora_A.default.weight", torch.zeros(1, 2))]]
     with pytest.raises(ValueError, match=r"model.layers.0.self_attn.q_proj.*lack"):
         list(merged_lora_buckets(buckets, scale=1.0))
+
+
+def test_a_tied_lm_head_is_sent_once(tmp_path):
+    from rlhf.models.tiny import build_tiny_model
+
+    tied = load_causal_lm(build_tiny_model(tmp_path / "tied", num_layers=1, hidden_size=64, num_heads=2,
+                                           tie_word_embeddings=True))
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    names = [name for bucket in full_tensor_buckets(tied, zero3=False, bucket_bytes=2 ** 30) for name, _ in bucket]
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    assert len(names) == len(set(names)) == len(list(tied.parameters()))

@@ -274,3 +274,54 @@ def test_resume_hides_tensorboard_events_logged_after_the_checkpoint(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tensorboard" / "ppo"))
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("x")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+
+
+def test_a_failed_jsonl_append_is_retried_and_a_torn_half_line_repaired(tmp_path, monkeypatch):
+    """Issue 16 §3: one failing append (e.g. a full disk that frees up) loses nothing."""
+    monkeypatch.setattr(metrics_mod, "JSONL_RETRY_WAIT_S", 0.0)
+    real_open, failures = open, []
+
+    class HalfWriter:
+        def __init__(self, path):
+            self.f = real_open(path, "a", encoding="utf-8")
+
+        def __enter__(self):
+            return self
+
+        def write(self, text):
+            self.f.write(text[:5])  # half a record reaches the disk, then the device is full
+            raise OSError(28, "No space left on device")
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def flaky_open(path, mode="r", *args, **kwargs):
+        if mode == "a" and not failures:
+            failures.append(path)
+            return HalfWriter(path)
+        return real_open(path, mode, *args, **kwargs)
+
+    with MetricsLogger(tmp_path, "ppo", progress=False, tensorboard=False) as m:
+        m.log(1, {"x": 1.0})
+        monkeypatch.setattr(metrics_mod, "open", flaky_open, raising=False)
+        m.log(2, {"x": 2.0})
+        m.log(3, {"x": 3.0})
+    assert failures and [r["step"] for r in strict_json_lines(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_jsonl_that_cannot_be_written_stops_the_run_naming_the_file(tmp_path, monkeypatch):
+    """Issue 16 §3: before, the JSONL sink was switched off after its first error and the run trained on
+    without its record; now the run stops with MetricsWriteError after the retries."""
+    monkeypatch.setattr(metrics_mod, "JSONL_RETRY_WAIT_S", 0.0)
+    m = MetricsLogger(tmp_path, "ppo", progress=False, tensorboard=False)
+    m.log(1, {"x": 1.0})
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(metrics_mod, "open", full_disk, raising=False)
+    with pytest.raises(metrics_mod.MetricsWriteError, match=r"could not append step 2 of stage 'ppo' to .*metrics.jsonl "
+                                                            r"after 3 attempts .*No space left on device"):
+        m.log(2, {"x": 2.0})
+    monkeypatch.undo()
+    m.close()

@@ -14,7 +14,7 @@ from ppo_fixtures import small_config  # noqa: E402
 
 from rlhf.data.batch import RolloutBatch  # noqa: E402
 from rlhf.distributed.local import LocalRoleGroups, LocalWorkerGroup  # noqa: E402
-from rlhf.trainers.ppo import NonFiniteRunError, PPOTrainer  # noqa: E402
+from rlhf.trainers.ppo import NonFiniteRunError, PPOTrainer, RewardFunctionError  # noqa: E402
 from rlhf.workers.base import Dispatch, dispatch  # noqa: E402
 
 T = 3  # response tokens
@@ -118,6 +118,11 @@ class FakeReference:
 class FakeReward:
     def __init__(self, rec, nan_steps=()):
         self.rec, self.nan_steps, self.calls = rec, set(nan_steps), 0
+        self.failures = None  # fn_failures_B codes to return (None: no reward function ran)
+
+    @dispatch(Dispatch.ALL)
+    def reward_fn_stats(self):
+        return {"errors": 1, "timeouts": 0, "non_finite": 0, "examples": ["row 0: ValueError: bad row"]}
 
     @dispatch(Dispatch.SPLIT)
     def score(self, batch):
@@ -126,7 +131,10 @@ class FakeReward:
         scores = torch.arange(len(batch), dtype=torch.float32)
         if self.calls in self.nan_steps:
             scores[1] = float("nan")
-        return {"scores_B": scores, "gold_B": (scores % 2 == 0).float()}
+        out = {"scores_B": scores, "gold_B": (scores % 2 == 0).float()}
+        if self.failures is not None:
+            out["fn_failures_B"] = torch.tensor([self.failures[i % len(self.failures)] for i in range(len(batch))])
+        return out
 
 
 def make(tmp_path, with_critic=True, nan_calls=(), **overrides):
@@ -307,3 +315,27 @@ def test_tis_scales_each_tokens_advantage_by_the_capped_ratio(tmp_path):
     torch.testing.assert_close(seen["tis"], seen["off"] * math.exp(-0.05))
     assert metrics["rollout/tis_weight_mean"] == pytest.approx(math.exp(-0.05))
     assert metrics["rollout/tis_capped_frac"] == 0.0
+
+
+def test_reward_function_failures_are_counted_per_step_and_in_the_summary(tmp_path):
+    trainer, _, groups = make(tmp_path, trainer__total_steps=2, trainer__eval_every=0, trainer__save_every=0)
+    groups["reward"].workers[0].failures = [0, 1, 0, 2, 0, 0, 3, 0]  # 3 of 8 rows: under the 0.5 limit
+    summary = trainer.fit()
+    records = {r["step"]: r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())}
+    for step in (1, 2):
+        r = records[step]
+        assert (r["reward/fn_errors"], r["reward/fn_timeouts"], r["reward/fn_non_finite"]) == (1.0, 1.0, 1.0)
+        assert r["reward/fn_failure_frac"] == 3 / 8
+    # Evaluation batches (4 prompts: codes 0, 1, 0, 2) are counted too, under eval/.
+    assert records[0]["eval/reward_fn_sampled_errors"] == records[0]["eval/reward_fn_greedy_timeouts"] == 1.0
+    # 2 training batches (1 of each kind) + 2 evaluations × greedy and sampled (1 error, 1 timeout each)
+    assert (summary["reward_fn_errors"], summary["reward_fn_timeouts"], summary["reward_fn_non_finite"]) == (6, 6, 2)
+
+
+def test_a_reward_function_failing_on_most_rows_stops_the_run_naming_the_failures(tmp_path):
+    trainer, _, groups = make(tmp_path, trainer__total_steps=2, trainer__eval_every=0)
+    groups["reward"].workers[0].failures = [1, 1, 2, 0]  # 75% > 0.5
+    with pytest.raises(RewardFunctionError, match=r"step 1: the task's reward function failed on 75% of 8 rows "
+                                                  r"\(errors 4, timeouts 2, non_finite 0\) > reward_role."
+                                                  r"max_fn_failure_frac=0.5.*row 0: ValueError: bad row"):
+        trainer.fit()

@@ -31,5 +31,24 @@ def test_raise_hang_and_nan_give_fallbacks_and_are_counted():
         assert any("row 1: RuntimeError: cannot score this" in e for e in runner.stats.examples)
         assert any("row 2: no result within 3 s" in e for e in runner.stats.examples)
         assert elapsed < 20  # the hang cost one timeout, not the 60 s sleep
+        assert runner.failure_codes() == [0, 1, 2, 3, 0]  # per row: none, error, timeout, non-finite, none
+    finally:
+        runner.close()
+
+
+def test_a_reward_that_always_hangs_costs_two_timeouts_per_batch_not_one_per_row():
+    """After HANG_LIMIT consecutive timeouts the rest of the batch is not tried (counted as timeouts)."""
+    from rlhf.workers.reward_fn import HANG_LIMIT
+
+    runner = RewardFunctionRunner(flaky_reward, timeout_s=1, fallback=-1.0)
+    try:
+        runner(["warm"], ["x"])
+        scores = runner(["hang"] * 6 + ["ok"], ["x"] * 6 + ["ok"])
+        assert scores == [-1.0] * 7  # the last row comes after the limit too
+        assert runner.stats.timeouts == 7 and runner.failure_codes() == [2] * 7
+        tried = [e for e in runner.stats.examples if "no result within" in e]
+        assert len(tried) == HANG_LIMIT == 2
+        assert any(f"row 2: not tried after {HANG_LIMIT} consecutive timeouts" in e for e in runner.stats.examples)
+        assert runner(["ok"], ["ok"]) == [1.0]  # the next batch is tried again
     finally:
         runner.close()
