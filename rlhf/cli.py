@@ -289,9 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     # missed its recipe's expectations under strict_expectations=true ends the run with exit 3.
     from rlhf.trainers.expectations import ExpectationsNotMet, unmet_expectations
     from rlhf.trainers.ppo import RewardHackingError
+    from rlhf.trainers.run_lock import RunDirLocked
 
     try:
         summary = run_pipeline(cfg, report)
+    except RunDirLocked as exc:  # another process runs in run_dir: refused like a bad configuration
+        return _refuse(exc)
     except (ExpectationsNotMet, RewardHackingError) as exc:
         print(f"rlhf: {exc}\nrun_dir: {report.run_dir}", file=sys.stderr)
         return EXIT_EXPECTATIONS if isinstance(exc, ExpectationsNotMet) else EXIT_REWARD_HACKING

@@ -185,3 +185,26 @@ def test_prompts_without_the_reference_a_task_reward_needs_are_refused_before_an
         preflight(build_config("gsm8k_qwen05b", overrides + ["ppo.data.prompt_key=prompt"]))
     prompts.write_text("\n".join(json.dumps({"question": f"{i}+1=", "answer": str(i + 1)}) for i in range(4)) + "\n")
     preflight(build_config("gsm8k_qwen05b", overrides))  # the fields are there: accepted
+
+
+@pytest.mark.parametrize("override, names", [
+    ("sft.placement.devices_per_node=0", "placement.devices_per_node"),  # was a ZeroDivisionError
+    ("rm.placement.num_nodes=0", "placement.num_nodes"),
+    ("ppo.rollout.top_p=0", "rollout.top_p"),
+    ("ppo.rollout.top_k=-3", "rollout.top_k"),
+    ("ppo.algorithm.advantage.eps=-1", "advantage.eps"),
+    ("ppo.engines.forward_micro_batch_size=0", "engines.forward_micro_batch_size"),
+    ("ppo.trainer.call_timeout_s=0", "trainer.call_timeout_s"),
+    ("ppo.trainer.eval_temperature=0", "trainer.eval_temperature"),
+    ("ppo.data.max_eval_prompts=0", "data.max_eval_prompts"),
+    ("sft.trainer.eval_every=-1", "trainer.eval_every"),
+    ("rm.trainer.call_timeout_s=-5", "trainer.call_timeout_s"),
+    ("rm.data.max_eval_rows=0", "data.max_eval_rows"),
+    ("rm.calibration_bins=0", "rm.calibration_bins"),
+    ("ppo.reward_role.max_fn_failure_frac=1.5", "reward_role.max_fn_failure_frac"),
+])
+def test_numeric_fields_out_of_range_are_refused_before_ray_naming_the_field(tmp_path, capsys, override, names):
+    """Issue 16 §13: one paragraph naming the field and what is allowed, exit 2, no traceback."""
+    assert main(["recipe=quickstart", f"run_dir={tmp_path}", "dry_run=true", override]) == 2
+    err = capsys.readouterr().err
+    assert names in err and "Traceback" not in err and "ZeroDivisionError" not in err, err

@@ -141,6 +141,8 @@ class AdvantageConfig:
         for name in ("gamma", "lam"):
             if not 0 <= getattr(self, name) <= 1:
                 invalid("advantage", name, getattr(self, name), "in [0, 1]")
+        if not self.eps > 0:
+            invalid("advantage", "eps", self.eps, "> 0")
 
     @property
     def needs_critic(self) -> bool:

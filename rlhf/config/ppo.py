@@ -37,6 +37,8 @@ class PromptDataConfig:
             invalid("data", "overlong", self.overlong, f"one of {list(OVERLONG_POLICIES)}")
         if self.max_prompt_len < 1:
             invalid("data", "max_prompt_len", self.max_prompt_len, ">= 1")
+        if self.max_eval_prompts < 1:
+            invalid("data", "max_eval_prompts", self.max_eval_prompts, ">= 1")
 
 
 ROLLOUT_DTYPES = (None, "fp32", "bf16", "fp16")
@@ -121,6 +123,10 @@ class RolloutConfig:
                 invalid("rollout", name, getattr(self, name), "an int >= 1")
         if not self.temperature > 0:
             invalid("rollout", "temperature", self.temperature, "> 0")
+        if not 0 < self.top_p <= 1:
+            invalid("rollout", "top_p", self.top_p, "in (0, 1] (1 = off)")
+        if self.top_k < 0:
+            invalid("rollout", "top_k", self.top_k, "an int >= 0 (0 = off)")
         if self.dtype not in ROLLOUT_DTYPES:
             invalid("rollout", "dtype", self.dtype, f"one of {list(ROLLOUT_DTYPES)} (null = the engine's)")
         if self.engine not in ROLLOUT_ENGINES:
@@ -199,6 +205,10 @@ class TrainerConfig:
         for name in ("critic_warmup_steps", "eval_every", "save_every"):
             if getattr(self, name) < 0:
                 invalid("trainer", name, getattr(self, name), "an int >= 0")
+        if not self.call_timeout_s > 0:
+            invalid("trainer", "call_timeout_s", self.call_timeout_s, "a number of seconds > 0")
+        if self.eval_temperature is not None and not self.eval_temperature > 0:
+            invalid("trainer", "eval_temperature", self.eval_temperature, "> 0, or null for rollout.temperature")
 
 
 @dataclass
@@ -208,6 +218,10 @@ class RoleEngines:
     reward: EngineConfig = field(default_factory=EngineConfig)
     reference: EngineConfig = field(default_factory=EngineConfig)
     forward_micro_batch_size: int = 16  # rows per forward for log-probs/values/scores (per rank)
+
+    def __post_init__(self) -> None:
+        if self.forward_micro_batch_size < 1:
+            invalid("engines", "forward_micro_batch_size", self.forward_micro_batch_size, "an int >= 1")
 
 
 @dataclass

@@ -36,6 +36,8 @@ class SupervisedDataConfig:
     def __post_init__(self) -> None:
         if self.overlong not in OVERLONG_POLICIES:
             invalid("data", "overlong", self.overlong, f"one of {list(OVERLONG_POLICIES)}")
+        if self.max_eval_rows < 1:
+            invalid("data", "max_eval_rows", self.max_eval_rows, ">= 1")
         if self.max_len < 2:
             invalid("data", "max_len", self.max_len, ">= 2")
 
@@ -61,6 +63,11 @@ class SupervisedTrainerConfig:
         for name in ("total_steps", "batch_size", "micro_batch_size", "keep_last"):
             if getattr(self, name) < 1:
                 invalid("trainer", name, getattr(self, name), "an int >= 1")
+        for name in ("eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                invalid("trainer", name, getattr(self, name), "an int >= 0 (0 = only at the end)")
+        if not self.call_timeout_s > 0:
+            invalid("trainer", "call_timeout_s", self.call_timeout_s, "a number of seconds > 0")
 
     def grad_accum_steps(self, world_size: int) -> int:
         """Micro-batches per optimizer step on each rank; errors when the batch does not split evenly."""
@@ -113,6 +120,7 @@ class SFTConfig:
 
     def validate(self) -> None:
         _require_paths(self.model, self.data)
+        self.placement.validate("placement")
         self.trainer.grad_accum_steps(self.placement.world_size)
 
 
@@ -133,6 +141,9 @@ class RMConfig:
 
     def validate(self) -> None:
         _require_paths(self.model, self.data)
+        if self.calibration_bins < 1:
+            invalid("rm", "calibration_bins", self.calibration_bins, "an int >= 1")
+        self.placement.validate("placement")
         self.trainer.grad_accum_steps(self.placement.world_size)
 
 

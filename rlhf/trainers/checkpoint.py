@@ -7,10 +7,19 @@ Layout under `root`:
 `save` writes everything into the temp directory, writes COMPLETE, then renames the directory into
 place (`os.replace` is atomic on POSIX), and only then deletes checkpoints beyond `keep_last`. Workers
 on other nodes write into the same paths, so multi-node runs need `root` on a shared filesystem.
+
+COMPLETE is also a manifest: every file's size, and the SHA-256 of those up to `HASH_LIMIT_BYTES`
+(the controller's JSON state, configs, small shards; hashing multi-GB optimizer shards at every save
+would cost minutes). `latest_valid` checks it: a checkpoint with a missing, truncated or altered file
+(a disk that filled, a bad copy, a bit flip in a state file) is skipped with a warning naming the file,
+and the previous complete one is used, instead of a run that dies on load although an older
+checkpoint is fine. Checkpoints written before manifests existed are trusted as they are.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -20,6 +29,9 @@ from typing import Callable
 
 COMPLETE = "COMPLETE"
 PREFIX = "step_"
+HASH_LIMIT_BYTES = 64 * 2 ** 20
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointManager:
@@ -37,6 +49,16 @@ class CheckpointManager:
     def latest(self) -> Path | None:
         checkpoints = self.complete_checkpoints()
         return checkpoints[-1] if checkpoints else None
+
+    def latest_valid(self) -> Path | None:
+        """The newest complete checkpoint whose files match its manifest; newer broken ones are skipped
+        with a warning naming what is wrong (they stay on disk for inspection)."""
+        for path in reversed(self.complete_checkpoints()):
+            problem = verify(path)
+            if problem is None:
+                return path
+            logger.warning("checkpoint %s is damaged (%s): falling back to the previous complete one", path, problem)
+        return None
 
     @staticmethod
     def step_of(path: Path) -> int:
@@ -57,8 +79,9 @@ class CheckpointManager:
         temp = self.root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
         temp.mkdir(parents=True)
         write(temp)
+        _fsync_tree(temp)
         marker = temp / COMPLETE
-        marker.write_text(json.dumps({"step": step, "time": time.time()}))
+        marker.write_text(json.dumps({"step": step, "time": time.time(), "files": _manifest(temp)}))
         _fsync_tree(temp)
         if final.exists():  # re-saving a step after a resume: the new one replaces it whole
             shutil.rmtree(final)
@@ -69,6 +92,46 @@ class CheckpointManager:
     def _prune(self) -> None:
         for old in self.complete_checkpoints()[:-self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _manifest(root: Path) -> dict[str, dict]:
+    """{relative path: {"size": bytes, "sha256": hex (files up to HASH_LIMIT_BYTES only)}}."""
+    files = {}
+    for file in sorted(root.rglob("*")):
+        if file.is_file() and file.name != COMPLETE:
+            entry = {"size": file.stat().st_size}
+            if entry["size"] <= HASH_LIMIT_BYTES:
+                entry["sha256"] = _sha256(file)
+            files[file.relative_to(root).as_posix()] = entry
+    return files
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(2 ** 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(checkpoint: Path) -> str | None:
+    """What is wrong with `checkpoint` against its manifest (None: nothing, or no manifest to check)."""
+    try:
+        files = json.loads((checkpoint / COMPLETE).read_text()).get("files")
+    except (OSError, ValueError) as exc:
+        return f"unreadable {COMPLETE} marker: {exc}"
+    if files is None:
+        return None
+    for name, entry in files.items():
+        file = checkpoint / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != entry["size"]:
+            return f"{name} has {size} bytes, {entry['size']} were written"
+        if "sha256" in entry and _sha256(file) != entry["sha256"]:
+            return f"{name} does not match the checksum it was written with"
+    return None
 
 
 def _fsync_tree(path: Path) -> None:

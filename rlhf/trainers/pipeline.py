@@ -347,7 +347,15 @@ def reward_norm_from_rm(cfg: RunConfig, run_dir: Path) -> None:
 
 # --- running -----------------------------------------------------------------------------------------------
 def run_pipeline(cfg: RunConfig, report: Preflight) -> dict:
-    """Run the stages `report` selected, in order; returns the run's summary.json content."""
+    """Run the stages `report` selected, in order, holding run_dir's lock (rlhf/trainers/run_lock.py);
+    returns the run's summary.json content."""
+    from rlhf.trainers.run_lock import run_dir_lock
+
+    with run_dir_lock(report.run_dir):
+        return _run_stages(cfg, report)
+
+
+def _run_stages(cfg: RunConfig, report: Preflight) -> dict:
     from rlhf.trainers.expectations import check_stage, refuse_unmet
 
     run_dir = report.run_dir

@@ -376,7 +376,7 @@ class PPOTrainer:
         removed = self.checkpoints.remove_partial()
         if removed:
             logger.warning("removed incomplete checkpoint(s) left by a crash: %s", [p.name for p in removed])
-        latest = self.checkpoints.latest()
+        latest = self.checkpoints.latest_valid()
         if latest is None:
             return False
         for role in ("actor", "critic"):

@@ -94,7 +94,7 @@ class SupervisedTrainer:
 
     def restore_latest(self) -> bool:
         self.checkpoints.remove_partial()
-        latest = self.checkpoints.latest()
+        latest = self.checkpoints.latest_valid()
         if latest is None:
             return False
         self.group.call("load_checkpoint", str(latest / "model"))

@@ -1,6 +1,7 @@
 """The PPO controller on in-process fake worker groups: stage order, the batch fields each stage adds,
 critic-free runs, critic warm-up, and NaN handling. No Ray, no models: fast and exact."""
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -232,6 +233,22 @@ def test_checkpoint_resume_restores_controller_state(tmp_path):
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3]
     assert math.isfinite(json.loads((tmp_path / "summary.json").read_text())["ppo"]["gold_reward_final"])
+
+
+def test_resume_skips_a_damaged_latest_checkpoint_for_the_previous_one(tmp_path, caplog):
+    """Issue 16 §6: before, a checkpoint whose files were damaged ended the run on load (or worse, loaded)."""
+    trainer, _, _ = make(tmp_path, trainer__total_steps=2, trainer__eval_every=0, trainer__save_every=1)
+    trainer.fit()
+    latest = trainer.checkpoints.latest()
+    (latest / "controller.json").write_text((latest / "controller.json").read_text().replace('"step": 2', '"step": 7'))
+    again, _, groups = make(tmp_path, trainer__total_steps=3, trainer__eval_every=0, trainer__save_every=1)
+    with caplog.at_level(logging.WARNING):
+        summary = again.fit(resume=True)
+    assert "step_00000002 is damaged (controller.json does not match the checksum" in caplog.text
+    assert groups["actor"].workers[0].updates == [1, 2, 3]  # resumed after step 1: steps 2 and 3 ran again
+    assert summary["steps"] == 3
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]  # the lost attempt's step-2 record was replaced, not duplicated
 
 
 def test_advantage_and_return_stats_are_masked_std_not_rms(tmp_path):
