@@ -34,6 +34,7 @@ SCHEMA_NAME = "rlhf_run"  # RunConfig in Hydra's ConfigStore; every recipe's def
 EXIT_CONFIG_ERROR = 2
 EXIT_EXPECTATIONS = 3  # a stage missed its recipe's expectations and strict_expectations=true
 EXIT_REWARD_HACKING = 4  # the reward-hacking alarm stopped PPO (ppo.trainer.stop_on_reward_hacking=true)
+EXIT_PREEMPTED = 5  # SIGTERM/SIGUSR1: stopped after a step with a checkpoint; requeue with resume=true
 
 logger = logging.getLogger("rlhf")
 
@@ -166,7 +167,8 @@ def usage() -> str:
               "  rlhf recipe=hh_rlhf_llama8b dry_run=true",
               "", "exit codes: 0 done; 2 configuration refused (message names the field); 1 crash (traceback);",
               "            3 a stage missed its recipe's expectations with strict_expectations=true;",
-              "            4 the reward-hacking alarm stopped PPO (ppo.trainer.stop_on_reward_hacking=true)"]
+              "            4 the reward-hacking alarm stopped PPO (ppo.trainer.stop_on_reward_hacking=true);",
+              "            5 preempted (SIGTERM/SIGUSR1): stopped after a step with a checkpoint; requeue with resume=true"]
     return "\n".join(lines)
 
 
@@ -289,12 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     # missed its recipe's expectations under strict_expectations=true ends the run with exit 3.
     from rlhf.trainers.expectations import ExpectationsNotMet, unmet_expectations
     from rlhf.trainers.ppo import RewardHackingError
+    from rlhf.trainers.preemption import Preempted
     from rlhf.trainers.run_lock import RunDirLocked
 
     try:
         summary = run_pipeline(cfg, report)
     except RunDirLocked as exc:  # another process runs in run_dir: refused like a bad configuration
         return _refuse(exc)
+    except Preempted as exc:
+        print(f"rlhf: {exc}\nrun_dir: {report.run_dir}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except (ExpectationsNotMet, RewardHackingError) as exc:
         print(f"rlhf: {exc}\nrun_dir: {report.run_dir}", file=sys.stderr)
         return EXIT_EXPECTATIONS if isinstance(exc, ExpectationsNotMet) else EXIT_REWARD_HACKING

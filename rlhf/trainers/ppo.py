@@ -32,6 +32,7 @@ from rlhf.config.ppo import PPOConfig
 from rlhf.data.batch import RolloutBatch
 from rlhf.data.sampler import ResumableSampler
 from rlhf.models import SamplingParams
+from rlhf.trainers import preemption
 from rlhf.trainers.checkpoint import CheckpointManager
 from rlhf.workers.faults import maybe_crash
 from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summary_table, write_summary
@@ -106,24 +107,31 @@ class PPOTrainer:
                                      config=_jsonable(asdict(self.cfg)), resume_step=resume_step,
                                      console_every=max(1, self.cfg.trainer.total_steps // 20))
         try:
-            self.sync_weights()  # engines start from the actor's path: a resumed run's need its weights
-            if self.state.step == 0 and not self.state.initial_eval:
-                self.state.initial_eval = self.evaluate(0)
-                self.metrics.log(0, self.state.initial_eval)
-            while self.state.step < self.cfg.trainer.total_steps:
-                step = self.state.step + 1
-                metrics = self.train_step(step)
-                if self._due(step, self.cfg.trainer.eval_every):
-                    metrics.update(self.evaluate(step))
-                self.metrics.log(step, metrics)
-                self.state.step = step
-                self._check_hacking(step)
-                maybe_crash("after_step", step)
-                if self._due(step, self.cfg.trainer.save_every):
-                    self.save_checkpoint()
+            with preemption.handling():
+                self._run_steps()
             return self.finish()
         finally:
             self.metrics.close()
+
+    def _run_steps(self) -> None:
+        """The initial evaluation, then steps until `total_steps`, evaluating and saving on schedule. A
+        preemption signal (rlhf/trainers/preemption.py) ends it after the step in flight, checkpointed."""
+        self.sync_weights()  # engines start from the actor's path: a resumed run's need its weights
+        if self.state.step == 0 and not self.state.initial_eval:
+            self.state.initial_eval = self.evaluate(0)
+            self.metrics.log(0, self.state.initial_eval)
+        while self.state.step < self.cfg.trainer.total_steps:
+            step = self.state.step + 1
+            metrics = self.train_step(step)
+            if self._due(step, self.cfg.trainer.eval_every):
+                metrics.update(self.evaluate(step))
+            self.metrics.log(step, metrics)
+            self.state.step = step
+            self._check_hacking(step)
+            maybe_crash("after_step", step)
+            saved = self.save_checkpoint() if self._due(step, self.cfg.trainer.save_every) else None
+            if preemption.requested() and step < self.cfg.trainer.total_steps:
+                raise preemption.Preempted(self.stage, step, saved or self.save_checkpoint())
 
     def _due(self, step: int, every: int) -> bool:
         return step == self.cfg.trainer.total_steps or (every > 0 and step % every == 0)

@@ -18,6 +18,7 @@ from rlhf.data.preferences import PreferenceDataset
 from rlhf.data.sampler import ResumableSampler
 from rlhf.data.sft import SFTDataset
 from rlhf.models import load_tokenizer
+from rlhf.trainers import preemption
 from rlhf.trainers.checkpoint import CheckpointManager
 from rlhf.workers.faults import maybe_crash
 from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summary_table, write_summary
@@ -57,7 +58,7 @@ class SupervisedTrainer:
                                 progress=trainer.progress, resume_step=resume_step,
                                 progress_keys=("loss", "accuracy", "eval/loss"),
                                 console_every=max(1, trainer.total_steps // 20))
-        with metrics:
+        with metrics, preemption.handling():
             while self.state.step < trainer.total_steps:
                 step = self.state.step + 1
                 values = self.train_step([self.train_set[i] for i in self.sampler.next_batch()])
@@ -66,8 +67,9 @@ class SupervisedTrainer:
                 metrics.log(step, values)
                 self.state.step = step
                 maybe_crash("after_step", step)
-                if self._due(step, trainer.save_every):
-                    self.save_checkpoint()
+                saved = self.save_checkpoint() if self._due(step, trainer.save_every) else None
+                if preemption.requested() and step < trainer.total_steps:  # rlhf/trainers/preemption.py
+                    raise preemption.Preempted(self.stage, step, saved or self.save_checkpoint())
         return self.finish()
 
     def _due(self, step: int, every: int) -> bool:

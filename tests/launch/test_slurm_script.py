@@ -23,6 +23,7 @@ SBATCH = ROOT / "launch" / "slurm" / "rlhf.sbatch"
 SCONTROL = """\
 #!/usr/bin/env bash
 # scontrol show hostnames NODELIST → one fake host per line
+[[ "$1" == "requeue" ]] && { echo "scontrol requeue $2" >> "$FAKE_RAY_LOG"; exit 0; }
 [[ "$1 $2" == "show hostnames" ]] || { echo "fake scontrol: unsupported: $*" >&2; exit 1; }
 for h in ${FAKE_HOSTS}; do echo "$h"; done
 """
@@ -73,6 +74,11 @@ ENTRYPOINT = """\
 #!/usr/bin/env bash
 echo "entrypoint RAY_ADDRESS=$RAY_ADDRESS token=${RAY_AUTH_TOKEN:+set} args=$*" >> "$FAKE_RAY_LOG"
 for a in "$@"; do echo "ARG:$a" >> "$FAKE_RAY_LOG"; done
+if [[ -n "${FAKE_RECIPE_TRAINS:-}" ]]; then  # like rlhf: SIGTERM → finish the step, checkpoint, exit 5
+    trap 'echo "entrypoint got SIGTERM" >> "$FAKE_RAY_LOG"; sleep 0.3; exit 5' TERM
+    echo "training" >> "$FAKE_RAY_LOG"
+    while true; do sleep 0.1 & wait $!; done
+fi
 exit "${FAKE_RECIPE_RC:-0}"
 """
 
@@ -182,3 +188,31 @@ def test_sbatch_header_declares_the_allocation():
     header = [line for line in SBATCH.read_text().splitlines() if line.startswith("#SBATCH")]
     for option in ("--nodes=", "--gpus-per-node=", "--ntasks-per-node=1"):
         assert any(option in line for line in header), option
+
+
+def test_a_signal_is_forwarded_to_rlhf_and_its_exit_5_requeues_the_job(shims):
+    """Issue 16 §9: SLURM's USR1 (ahead of the time limit) or SIGTERM reaches rlhf through the script;
+    rlhf's exit 5 (preempted, checkpoint saved) requeues the job, and the requeued one resumes."""
+    import signal
+    import time
+
+    env, log = shims
+    proc = subprocess.Popen(["bash", str(SBATCH), "recipe=arithmetic"], env={**env, "FAKE_RECIPE_TRAINS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while "training" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 5, stderr
+    calls = events(log)
+    assert "entrypoint got SIGTERM" in calls and "scontrol requeue 4242" in calls
+    assert calls.index("scontrol requeue 4242") > calls.index("entrypoint got SIGTERM")
+    assert sum(c.startswith("stop") for c in calls) == 3  # Ray still torn down
+    assert "forwarding SIGTERM" in stderr and "requeueing job 4242" in stderr
+    log.unlink()
+    (log.parent / "gpus.state").unlink()
+    again = run_sbatch({**env, "SLURM_RESTART_COUNT": "1"}, "recipe=arithmetic")
+    assert again.returncode == 0, again.stderr
+    assert "ARG:resume=true" in log.read_text().splitlines()

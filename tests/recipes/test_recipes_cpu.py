@@ -133,6 +133,27 @@ def test_quickstart_grpo_reuses_earlier_stage_outputs(quickstart, tmp_path):
     assert not (run_dir / "ppo" / "final_critic").exists()  # critic-free
 
 
+def test_sigterm_preempts_with_exit_5_and_a_checkpoint_then_resume_finishes(quickstart, tmp_path):
+    """Issue 16 §9 through the real command: SIGTERM during PPO step 1 (RLHF_CRASH_AT=term:...) ends the
+    run after that step with a checkpoint and exit status 5; resume=true then finishes the stage."""
+    run_dir = tmp_path / "run"
+    for part in ("data", "base", "sft"):
+        shutil.copytree(quickstart / part, run_dir / part)
+    args = ["recipe=quickstart_grpo", f"run_dir={run_dir}", "stages=[ppo]", "logging=quiet",
+            "ppo.trainer.total_steps=2", "ppo.trainer.save_every=0", "ppo.rollout.prompts_per_step=4",
+            "ppo.algorithm.update.micro_batch_size=4", "ppo.engines.forward_micro_batch_size=8",
+            "ppo.data.max_eval_prompts=8", "prepare.task_kwargs.num_train_prompts=200",
+            "prepare.task_kwargs.num_eval_prompts=16"]
+    env = {**os.environ, "RLHF_CRASH_AT": "term:after_step@1"}
+    first = subprocess.run([str(RLHF), *args], capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 5, first.stderr[-3000:]
+    assert "preempted by a signal: stage ppo stopped after step 1" in first.stderr
+    assert [p.name for p in (run_dir / "ppo" / "checkpoints").glob("step_*")] == ["step_00000001"]
+    ok(rlhf(*args, "resume=true"))
+    assert json.loads((run_dir / "summary.json").read_text())["ppo"]["steps"] == 2
+    assert [r["step"] for r in records(run_dir) if r["stage"] == "ppo"] == [0, 1, 2]
+
+
 def test_hh_rlhf_llama8b_smoke_on_cpu(quickstart, tmp_path):
     base, data = quickstart / "base", quickstart / "data"
     ok(rlhf("recipe=hh_rlhf_llama8b", f"run_dir={tmp_path}", "logging=quiet",

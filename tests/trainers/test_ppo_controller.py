@@ -356,3 +356,33 @@ def test_a_reward_function_failing_on_most_rows_stops_the_run_naming_the_failure
                                                   r"\(errors 4, timeouts 2, non_finite 0\) > reward_role."
                                                   r"max_fn_failure_frac=0.5.*row 0: ValueError: bad row"):
         trainer.fit()
+
+
+def test_sigterm_stops_after_the_step_in_flight_with_a_checkpoint_and_resume_finishes(tmp_path):
+    """Issue 16 §9: before, SIGTERM killed the controller mid-step and lost everything since the last
+    scheduled checkpoint; now the step finishes, is checkpointed, and Preempted is raised."""
+    import os
+    import signal
+
+    from rlhf.trainers.preemption import Preempted
+
+    trainer, _, groups = make(tmp_path, trainer__total_steps=4, trainer__eval_every=0, trainer__save_every=0)
+    actor = groups["actor"].workers[0]
+    update = actor.update
+
+    def update_then_signal(batch, loss_cfg, schedule, step, temperature=1.0):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step, as a scheduler's would
+        return update(batch, loss_cfg, schedule, step, temperature)
+
+    actor.update = update_then_signal
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted, match=r"stage ppo stopped after step 2 with checkpoint .*step_00000002"):
+        trainer.fit()
+    assert [p.name for p in trainer.checkpoints.complete_checkpoints()] == ["step_00000002"]  # none scheduled
+    assert signal.getsignal(signal.SIGTERM) is before  # the trainer's handler is gone with it
+    again, _, groups2 = make(tmp_path, trainer__total_steps=4, trainer__eval_every=0, trainer__save_every=0)
+    assert again.fit(resume=True)["steps"] == 4
+    assert groups2["actor"].workers[0].updates == [1, 2, 3, 4]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 4]
