@@ -149,6 +149,7 @@ def usage() -> str:
               "  run_dir=DIR            outputs: summary.json, metrics.jsonl, config.yaml, <stage>/final",
               "                         (default: outputs/<recipe>/<YYYYmmdd-HHMMSS>)",
               "  resume=true            skip finished stages, continue the first unfinished one from its checkpoint",
+              "  resume_allow_changes=[F,...]  accept these config/input changes on resume (others are refused)",
               "  overwrite=true         let a fresh stage discard its previous outputs in run_dir",
               "  dry_run=true           validate, print the placement/ZeRO/memory plan; start no Ray, no actors",
               "  ppo_reward_norm_from_rm=true  normalise PPO rewards by the RM's held-out score mean/std",

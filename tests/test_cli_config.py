@@ -208,3 +208,47 @@ def test_numeric_fields_out_of_range_are_refused_before_ray_naming_the_field(tmp
     assert main(["recipe=quickstart", f"run_dir={tmp_path}", "dry_run=true", override]) == 2
     err = capsys.readouterr().err
     assert names in err and "Traceback" not in err and "ZeroDivisionError" not in err, err
+
+
+def test_resume_refuses_a_changed_configuration_or_input_file_listing_each_change(tmp_path):
+    """Issue 16 §7: before, resume=true with another temperature, model or data file silently mixed two
+    runs in one run_dir. Now each change is listed; more steps (and logging) may change freely, and
+    resume_allow_changes accepts a deliberate change."""
+    from rlhf.config.io import save_yaml
+    from rlhf.trainers.pipeline import PipelineError, preflight
+    from rlhf.trainers.resume_check import input_changes
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+    run_dir = tmp_path / "run"
+    base = [f"run_dir={run_dir}", f"ppo.data.train={prompts}", "ppo.data.eval=null", "ppo.data.prompt_key=prompt"]
+    first = build_config("gsm8k_qwen05b", base)
+    run_dir.mkdir()
+    save_yaml(first, run_dir / "config.yaml")  # what run_pipeline saves when the run starts
+    (run_dir / "summary.json").write_text("{}")
+    input_changes({"ppo.data.train": str(prompts)}, run_dir, [], refresh=True)
+
+    def resume(*extra):
+        return preflight(build_config("gsm8k_qwen05b", [*base, "resume=true", *extra]))
+
+    resume("ppo.trainer.total_steps=500", "ppo.trainer.save_every=7")  # safe: no error
+    with pytest.raises(PipelineError, match=r"would not continue the run .* exactly: ppo.rollout.temperature: 1.0 → 0.7; "
+                                            r"ppo.trainer.seed: 0 → 3; seed: 0 → 3\. Accept the change\(s\) with "
+                                            r"resume_allow_changes=\[ppo.rollout.temperature,ppo.trainer.seed,seed\]"):
+        resume("ppo.rollout.temperature=0.7", "seed=3")
+    resume("ppo.rollout.temperature=0.7", "resume_allow_changes=[ppo.rollout]")
+    prompts.write_text(json.dumps({"prompt": "2+2=", "answer": "4"}) + "\n")
+    with pytest.raises(PipelineError, match=r"ppo.data.train: the file .*prompts.jsonl changed since the run started"):
+        resume()
+    resume("resume_allow_changes=[ppo.data.train]")
+
+
+def test_a_moved_run_dir_resumes_although_its_paths_changed():
+    """Paths under the saved run_dir (interpolated from it) follow the directory when it is moved."""
+    from rlhf.trainers.resume_check import config_changes
+
+    saved = {"run_dir": "/old/run", "ppo": {"actor": {"path": "/old/run/sft/final"}, "data": {"train": "/data/x"}}}
+    moved = {"run_dir": "/new/run", "ppo": {"actor": {"path": "/new/run/sft/final"}, "data": {"train": "/data/x"}}}
+    assert config_changes(saved, moved, []) == []
+    moved["ppo"]["data"]["train"] = "/data/y"
+    assert config_changes(saved, moved, []) == ["ppo.data.train: '/data/x' → '/data/y'"]

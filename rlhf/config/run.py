@@ -83,6 +83,10 @@ class RunConfig:
     # When a stage's result misses its recipe's expectations (`<stage>.expectations`), stop the run
     # with exit status 3 instead of a warning (.ci/run uses it for its quickstart run).
     strict_expectations: bool = False
+    # resume=true refuses a configuration that differs from the run's saved config.yaml in fields that
+    # break exact continuation (rlhf/trainers/resume_check.py); list here the ones changed on purpose
+    # (a field, a parent like "ppo.algorithm", or a glob).
+    resume_allow_changes: list[str] = field(default_factory=list)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rm: RMConfig = field(default_factory=RMConfig)

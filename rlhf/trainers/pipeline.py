@@ -227,6 +227,8 @@ def preflight(cfg: RunConfig) -> Preflight:
     for stage in to_run:
         _validate_stage(cfg, stage)
     _check_inputs(cfg, run_dir, decisions)
+    if cfg.resume and not cfg.dry_run:
+        _check_resume(cfg, run_dir, to_run)
     if "ppo" in to_run:
         _check_prompt_fields(cfg.ppo)
     _check_reward_norm(cfg, run_dir, to_run)
@@ -295,6 +297,28 @@ def _check_inputs(cfg: RunConfig, run_dir: Path, decisions: list[StageDecision])
             raise PipelineError(f"{name}={value} does not exist: {made_by}")
 
 
+def _check_resume(cfg: RunConfig, run_dir: Path, to_run: list[str]) -> None:
+    """A resumed run must be the run it continues: same configuration (but SAFE_CHANGES and
+    `resume_allow_changes`) and same input files (rlhf/trainers/resume_check.py)."""
+    from omegaconf import OmegaConf
+
+    from rlhf.config.io import to_yaml
+    from rlhf.trainers.resume_check import config_changes, input_changes
+
+    changes = []
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        changes += config_changes(OmegaConf.to_container(OmegaConf.load(saved)),
+                                  OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))), cfg.resume_allow_changes)
+    inputs = {name: value for stage in to_run for name, value in stage_inputs(cfg, stage).items()}
+    changes += input_changes(inputs, run_dir, cfg.resume_allow_changes)
+    if changes:
+        listed = "; ".join(changes)
+        fields = ",".join(c.split(":")[0] for c in changes)
+        raise PipelineError(f"resume=true, but this would not continue the run in {run_dir} exactly: {listed}. "
+                            f"Accept the change(s) with resume_allow_changes=[{fields}], or start a fresh run_dir")
+
+
 def _check_prompt_fields(ppo) -> None:
     """PPO's local prompt files hold the fields the run reads — the prompt, and the reference a task
     scores against (`ppo.task.name`) — checked now, not after the SFT and RM stages have trained.
@@ -358,9 +382,13 @@ def run_pipeline(cfg: RunConfig, report: Preflight) -> dict:
 def _run_stages(cfg: RunConfig, report: Preflight) -> dict:
     from rlhf.trainers.expectations import check_stage, refuse_unmet
 
+    from rlhf.trainers.resume_check import input_changes
+
     run_dir = report.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
+    inputs = {n: v for d in report.to_run() for n, v in stage_inputs(cfg, d.stage).items()}
+    input_changes(inputs, run_dir, [], refresh=True)  # what a later resume must find unchanged
     if cfg.torch_threads is not None:
         set_torch_threads(cfg.torch_threads)
     logger.info("run_dir %s (resolved config: config.yaml)", run_dir)
