@@ -79,7 +79,6 @@ class CheckpointManager:
         temp = self.root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
         temp.mkdir(parents=True)
         write(temp)
-        _fsync_tree(temp)
         marker = temp / COMPLETE
         marker.write_text(json.dumps({"step": step, "time": time.time(), "files": _manifest(temp)}))
         _fsync_tree(temp)
