@@ -100,12 +100,13 @@ def _manifest(root: Path) -> dict[str, dict]:
         if file.is_file() and file.name != COMPLETE:
             entry = {"size": file.stat().st_size}
             if entry["size"] <= HASH_LIMIT_BYTES:
-                entry["sha256"] = _sha256(file)
+                entry["sha256"] = sha256_file(file)
             files[file.relative_to(root).as_posix()] = entry
     return files
 
 
-def _sha256(file: Path) -> str:
+def sha256_file(file: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
         for block in iter(lambda: handle.read(2 ** 20), b""):
@@ -128,7 +129,7 @@ def verify(checkpoint: Path) -> str | None:
         size = file.stat().st_size
         if size != entry["size"]:
             return f"{name} has {size} bytes, {entry['size']} were written"
-        if "sha256" in entry and _sha256(file) != entry["sha256"]:
+        if "sha256" in entry and sha256_file(file) != entry["sha256"]:
             return f"{name} does not match the checksum it was written with"
     return None
 

@@ -11,10 +11,11 @@ evaluation and checkpoint cadence, logging, expectations) may change; anything e
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from rlhf.trainers.checkpoint import sha256_file
 
 INPUTS_FILE = "inputs.json"
 SAFE_CHANGES = ("resume", "dry_run", "overwrite", "stages", "strict_expectations", "resume_allow_changes",
@@ -50,7 +51,7 @@ def input_changes(inputs: dict[str, str], run_dir: Path, allowed: list[str], ref
         file_path = Path(file).expanduser()
         if not file_path.is_file():
             continue
-        digest = _sha256(file_path)
+        digest = sha256_file(file_path)
         before = recorded.get(name)
         if refresh or before is None or before["path"] != str(file_path.resolve()):
             recorded[name] = {"path": str(file_path.resolve()), "sha256": digest}
@@ -82,10 +83,3 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
         return out or {prefix: {}}
     return {prefix: value}
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2 ** 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

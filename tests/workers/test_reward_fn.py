@@ -40,15 +40,17 @@ def test_a_reward_that_always_hangs_costs_two_timeouts_per_batch_not_one_per_row
     """After HANG_LIMIT consecutive timeouts the rest of the batch is not tried (counted as timeouts)."""
     from rlhf.workers.reward_fn import HANG_LIMIT
 
-    runner = RewardFunctionRunner(flaky_reward, timeout_s=1, fallback=-1.0)
+    runner = RewardFunctionRunner(flaky_reward, timeout_s=300, fallback=-1.0)  # start-up has room on a busy CI
     try:
         runner(["warm"], ["x"])
+        runner.timeout_s = 1  # meant to expire: every row hangs for 60 s
         scores = runner(["hang"] * 6 + ["ok"], ["x"] * 6 + ["ok"])
         assert scores == [-1.0] * 7  # the last row comes after the limit too
         assert runner.stats.timeouts == 7 and runner.failure_codes() == [2] * 7
         tried = [e for e in runner.stats.examples if "no result within" in e]
         assert len(tried) == HANG_LIMIT == 2
         assert any(f"row 2: not tried after {HANG_LIMIT} consecutive timeouts" in e for e in runner.stats.examples)
+        runner.timeout_s = 300  # the restarted child needs its start-up time again
         assert runner(["ok"], ["ok"]) == [1.0]  # the next batch is tried again
     finally:
         runner.close()
