@@ -66,7 +66,7 @@ def run_in_own_session(argv, env, timeout) -> subprocess.CompletedProcess:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=180)  # the group's teardown, after the test already failed
         raise AssertionError(f"{argv} timed out after {timeout}s:\n{err}")
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
