@@ -95,11 +95,6 @@ class ActorWorker(SamplingMixin, TrainableWorker):
             actor_T = response_logprobs(self.engine, ids_1S, torch.ones_like(ids_1S), len(sequence) - start, 1.0)[0]
         return float((actor_T.float().cpu() - engine_T).abs().max())
 
-    @dispatch(Dispatch.ALL)
-    def rollout_health(self) -> dict:
-        """Each rank's rollout-engine report (engine, weight version, asleep)."""
-        return {**self._sampler().health(), "rank": self.rank, "actor_version": self.weight_version()}
-
     @dispatch(Dispatch.SPLIT)
     def logprobs(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
         """[B, T] log-probs of the responses under the current policy (no grad)."""
