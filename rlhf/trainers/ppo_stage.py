@@ -46,7 +46,6 @@ def init_ray(num_cpus: float | None = None) -> None:
     Without RAY_ADDRESS we never attach to whatever Ray happens to run on the machine (plain
     `ray.init()` would): another user's or test's cluster could be stopped under us.
     """
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
@@ -54,7 +53,25 @@ def init_ray(num_cpus: float | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR")
     else:
+        keep_local_ray_on_loopback()
         ray.init(address="local", num_cpus=num_cpus, logging_level="ERROR", include_dashboard=False)
+
+
+def keep_local_ray_on_loopback() -> None:
+    """Make the private single-machine Ray cluster about to start listen on 127.0.0.1 only.
+
+    Ray 2.x binds its daemons (GCS, raylet, agents) and every worker's gRPC server to all interfaces
+    unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and the driver reads that variable once, when `ray` is
+    first imported (`ray._private.ray_constants.ENABLE_RAY_CLUSTER`). A driver that imported ray earlier
+    (any `rlhf` stage does, through the worker modules) would start a cluster listening on `::`: we
+    set the variable for the daemons and workers this driver starts, and the driver's constant to what
+    the variable now says. Never for a cluster joined through RAY_ADDRESS: its nodes must reach each
+    other. tests/recipes/test_recipes_cpu.py checks every listener of a real run.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def run_ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, stage: str = "ppo") -> dict[str, float]:

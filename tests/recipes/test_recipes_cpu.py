@@ -2,13 +2,16 @@
 quickstart's four stages, resume/skip/overwrite rules on its run_dir, and 1–2 steps of the GRPO and
 real-model recipes with model and data swapped for tiny ones by overrides (as their READMEs document).
 Each `rlhf` process starts its own local Ray on loopback (~5 s) plus DeepSpeed engines."""
+import ipaddress
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 RLHF = Path(sys.executable).parent / "rlhf"
@@ -34,15 +37,82 @@ def ok(result):
     return result
 
 
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 (a dual-stack socket)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
 def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+class ListenerWatch(threading.Thread):
+    """Every listening socket opened by the processes of one run, whichever session they start.
+
+    Ray's daemons leave the run's process tree (they start sessions of their own), so the whole
+    machine is polled: a process belongs to the run when its environment carries the run's marker,
+    which the driver's children (GCS, raylet, agents) and their children (every worker) inherit.
+    """
+
+    def __init__(self, marker: str) -> None:
+        super().__init__(daemon=True)
+        self.marker, self.listeners, self.stopping = marker, set(), threading.Event()
+        self.checked: dict[int, bool] = {}
+
+    def ours(self, proc: psutil.Process) -> bool:
+        if proc.pid not in self.checked:
+            try:
+                self.checked[proc.pid] = proc.environ().get("RLHF_LISTENER_PROBE") == self.marker
+            except (psutil.Error, OSError):
+                return False  # gone, or a zombie: asked again next round
+        return self.checked[proc.pid]
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.5):
+            for proc in psutil.process_iter(["name"]):
+                try:
+                    if self.ours(proc):
+                        self.listeners |= {(c.laddr.ip, c.laddr.port, proc.info["name"])
+                                           for c in proc.net_connections("inet") if c.status == "LISTEN"}
+                except (psutil.Error, OSError):
+                    continue
+
+
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory):
+def quickstart_run(tmp_path_factory):
+    """The smoke quickstart, as a user's shell runs it: without the test suite's Ray variable
+    (conftest sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which a user's shell does not), every
+    listener of the run recorded."""
     run_dir = tmp_path_factory.mktemp("quickstart") / "run"
-    ok(rlhf("recipe=quickstart", f"run_dir={run_dir}", *QUICKSTART_SMOKE))
-    return run_dir
+    marker = f"quickstart-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    watch = ListenerWatch(marker)
+    watch.start()
+    try:
+        result = subprocess.run([str(RLHF), "recipe=quickstart", f"run_dir={run_dir}", *QUICKSTART_SMOKE],
+                                capture_output=True, text=True, timeout=600,
+                                env={**env, "RLHF_LISTENER_PROBE": marker})
+    finally:
+        watch.stopping.set()
+        watch.join()
+    ok(result)
+    return run_dir, watch.listeners
+
+
+@pytest.fixture(scope="module")
+def quickstart(quickstart_run):
+    return quickstart_run[0]
+
+
+def test_a_plain_run_listens_on_loopback_only(quickstart_run):
+    """Issue 16 §15: a plain `rlhf` run (every stage: SFT's and RM's rank, PPO's four roles) opens no
+    listener beyond 127.0.0.1 / ::1 — Ray's GCS, raylet, agents and every worker included."""
+    listeners = quickstart_run[1]
+    names = {name for _, _, name in listeners}
+    assert {"gcs_server", "raylet"} <= names and len(listeners) >= 6, listeners  # the probe saw the run
+    exposed = sorted(entry for entry in listeners if not is_loopback(entry[0]))
+    assert not exposed, f"listening beyond loopback: {exposed}"
 
 
 def test_quickstart_runs_every_stage_and_writes_the_contracted_outputs(quickstart):
