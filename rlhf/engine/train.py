@@ -5,13 +5,15 @@
         loss = per_token_loss[mask].sum() / global_valid_tokens   # normalised by the GLOBAL count
         engine.backward(loss)
         stats = engine.step()                              # {} until the last micro-batch, then
-                                                           # {"grad_norm": ..., "lr": ...}
+                                                           # {"grad_norm": ..., "lr": ...}; NaN/inf
+                                                           # gradients raise NonFiniteGradError instead
 
 The optimizer is torch's AdamW passed to DeepSpeed as a client optimizer (no DeepSpeed op to
 compile); the schedule is a torch LambdaLR passed to DeepSpeed, so its checkpoints include it.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -20,6 +22,10 @@ from rlhf.config.engine import EngineConfig
 from rlhf.engine import export
 from rlhf.engine.distributed import barrier, import_deepspeed, init_distributed
 from rlhf.engine.ds_config import build_deepspeed_config, lr_lambda, schedule_fields
+
+class NonFiniteGradError(FloatingPointError):
+    """An optimizer update met NaN/inf gradients (on any rank); raised on every rank, the update not applied."""
+
 
 # DeepSpeed saves into <dir>/<tag>/; a fixed tag keeps one checkpoint per directory.
 CHECKPOINT_TAG = "state"
@@ -88,13 +94,24 @@ class TrainEngine:
             self._engine.step()
             return {}
         lr = float(self._engine.optimizer.param_groups[0]["lr"])
-        # Without ZeRO (fp32, stage 0) DeepSpeed clips but does not keep the norm: compute it here,
-        # before clipping; gradients are already all-reduced at the boundary backward.
+        update = self.global_steps + 1
+        # Without ZeRO (fp32, stage 0) DeepSpeed clips but does not keep the norm, and applies NaN
+        # gradients as they are: compute the norm here, before clipping (gradients are already
+        # all-reduced at the boundary backward, so every rank sees the same norm and raises together).
         manual_norm = None if self._engine.zero_optimization() else _grad_norm(self.module)
+        if manual_norm is not None and not math.isfinite(manual_norm):
+            raise NonFiniteGradError(f"non-finite gradient norm ({manual_norm}) at optimizer update {update}; "
+                                     f"the update was not applied")
+        skipped_before = self._engine.skipped_steps
         self._engine.step()
         norm = self._engine.get_global_grad_norm()
-        norm = manual_norm if norm is None else norm
-        return {"grad_norm": float(norm) if norm is not None else float("nan"), "lr": lr}
+        norm = manual_norm if norm is None else float(norm)
+        # ZeRO 1-3 check for inf/NaN gradients themselves (a flag all-reduced over ranks) and skip
+        # the optimizer step: the weights are intact, but the run must not go on as if it trained.
+        if self._engine.skipped_steps != skipped_before or (norm is not None and not math.isfinite(norm)):
+            raise NonFiniteGradError(f"non-finite gradients at optimizer update {update} (norm {norm}); "
+                                     f"DeepSpeed skipped the update")
+        return {"grad_norm": norm if norm is not None else float("nan"), "lr": lr}
 
     def train(self) -> "TrainEngine":
         self._engine.train()

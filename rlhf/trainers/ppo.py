@@ -37,15 +37,12 @@ from rlhf.trainers.checkpoint import CheckpointManager
 from rlhf.workers.faults import maybe_crash
 from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summary_table, write_summary
 from rlhf.trainers.monitor import RewardHackingMonitor
+from rlhf.trainers.non_finite import NonFiniteRunError, is_non_finite_failure, non_finite_run_error
 
 logger = logging.getLogger(__name__)
 
 PLOT_KEYS = ["reward/mean", "gold/mean", "kl/mean", "eval/gold_sampled", "eval/gold_greedy", "actor/loss",
              "critic/loss", "actor/entropy", "actor/clip_frac", "critic/explained_variance"]
-
-
-class NonFiniteRunError(FloatingPointError):
-    """Too many consecutive steps had NaN/inf rewards, values or log-probs."""
 
 
 class RewardFunctionError(RuntimeError):
@@ -71,6 +68,7 @@ class ControllerState:
     initial_eval: dict = field(default_factory=dict)
     hacking: dict = field(default_factory=dict)  # RewardHackingMonitor state
     reward_fn_failures: dict = field(default_factory=dict)  # kind → rows scored by the fallback, whole run
+    save_deferred: bool = False  # a checkpoint fell due during a streak of skipped steps: save at the next good one
 
 
 class PPOTrainer:
@@ -129,12 +127,24 @@ class PPOTrainer:
             self.state.step = step
             self._check_hacking(step)
             maybe_crash("after_step", step)
-            saved = self.save_checkpoint() if self._due(step, self.cfg.trainer.save_every) else None
+            saved = self._save_if_due(step)
             if preemption.requested() and step < self.cfg.trainer.total_steps:
                 raise preemption.Preempted(self.stage, step, saved or self.save_checkpoint())
 
     def _due(self, step: int, every: int) -> bool:
         return step == self.cfg.trainer.total_steps or (every > 0 and step % every == 0)
+
+    def _save_if_due(self, step: int) -> Path | None:
+        """Save on schedule, but never during a streak of skipped (non-finite) steps: that save waits
+        for the next good step, so `keep_last` cannot prune good checkpoints for ones of a failing run."""
+        if not (self._due(step, self.cfg.trainer.save_every) or self.state.save_deferred):
+            return None
+        if self.state.consecutive_bad_steps:
+            self.state.save_deferred = True
+            logger.warning("step %d: checkpoint deferred to the next step with finite numbers", step)
+            return None
+        self.state.save_deferred = False
+        return self.save_checkpoint()
 
     def train_step(self, step: int) -> dict[str, float]:
         """One PPO step: rollout → score → advantages → update. A step with non-finite numbers is skipped."""
@@ -267,10 +277,15 @@ class PPOTrainer:
             actor = self.groups["actor"].call_async("update", batch, algo.policy_loss, algo.update, step,
                                                     self.cfg.rollout.temperature)
         metrics = {}
-        if critic is not None:
-            metrics.update(critic.result())
-        if actor is not None:
-            metrics.update(actor.result())
+        try:
+            if critic is not None:
+                metrics.update(critic.result())
+            if actor is not None:
+                metrics.update(actor.result())
+        except Exception as err:
+            if is_non_finite_failure(err):  # a NaN/inf loss or gradient: raised before it was applied
+                raise non_finite_run_error(err, self.stage, self.checkpoints.latest()) from err
+            raise
         return metrics
 
     # --- evaluation ----------------------------------------------------------------------------

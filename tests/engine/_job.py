@@ -24,6 +24,7 @@ import torch
 import _common as c
 from rlhf.config.engine import EngineConfig
 from rlhf.engine import InferenceEngine, TrainEngine
+from rlhf.engine.train import NonFiniteGradError
 from rlhf.engine.ds_config import lr_lambda
 from rlhf.engine.export import full_state_dict
 from rlhf.models.tiny import build_tiny_tokenizer
@@ -88,6 +89,30 @@ def variant_update(cfg, **overrides):
     after = full_params(engine)
     return {"grad_norm": stats["grad_norm"], "dtypes": sorted({str(v.dtype) for v in after.values()}),
             "moved": [k for k, v in c.tiny_llama(seed=0).state_dict().items() if not torch.equal(after[k].float(), v)]}
+
+
+def nan_gradient_update(cfg, rank: int, world: int, gas: int) -> dict:
+    """One update whose loss is finite but whose gradient is NaN on the LAST rank's last micro-batch
+    only (0 · sqrt|u| at u = 0: forward 0, backward 0 · inf). Every rank must raise NonFiniteGradError
+    at the step, and the weights must be the initial ones."""
+    engine = TrainEngine(c.tiny_llama(seed=0), cfg, micro_batch_size=c.BATCH_ROWS // world // gas,
+                         grad_accum_steps=gas)
+    before = full_params(engine)
+    batch = c.global_batch(0)
+    total_tokens = c.global_token_count(batch)
+    error = None
+    try:
+        for i, micro in enumerate(micro_batches(batch, rank, world, gas)):
+            loss = c.token_loss_sum(engine, micro) / total_tokens
+            if rank == world - 1 and i == gas - 1:
+                loss = loss + 0.0 * (loss - loss.detach()).abs().sqrt()
+            engine.backward(loss)
+            engine.step()
+    except NonFiniteGradError as err:
+        error = str(err)
+    after = full_params(engine)
+    return {"error": error, "loss_finite": bool(torch.isfinite(loss).item()),
+            "unchanged": before is None or all(torch.equal(after[k], before[k]) for k in before)}  # rank 0 gathers
 
 
 def oracle(cfg):
@@ -171,6 +196,7 @@ def main(mode: str, stage: int, out: Path) -> None:
         frozen = InferenceEngine(c.tiny_llama(seed=0), EngineConfig(zero_stage=3, zero3_param_persistence_threshold=0))
         result["z3_inference_partitioned"] = all(getattr(p, "ds_numel", 0) > p.numel() for p in frozen.module.parameters())
         result["z3_inference_logits"] = frozen(**c.global_batch(99)).logits
+    result["nan_gradient"] = nan_gradient_update(cfg, rank, world, gas)
     log("extras")
     if rank == 0:
         torch.save(result, out / "result.pt")

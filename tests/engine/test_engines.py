@@ -93,6 +93,18 @@ def test_other_setups_take_the_same_first_gradient(engine_jobs, variant):
         assert set(result["moved"]) == set(initial)
 
 
+@pytest.mark.parametrize("job", ["ref", "zero2", "zero3"])
+def test_non_finite_gradients_are_never_applied_and_raise(engine_jobs, job):
+    """Issue 16 §4: a finite loss with a NaN gradient (on one rank only, for 2 ranks) stops the update
+    with NonFiniteGradError and leaves the weights as they were. Stage 0 would otherwise apply NaN
+    (DeepSpeed checks only under ZeRO); under ZeRO-2/3 DeepSpeed skips the step, and the run must not
+    go on as if it had trained. Rank 0 raised although its own gradient was finite."""
+    result, _ = engine_jobs[job]
+    nan = result["nan_gradient"]
+    assert nan["loss_finite"] and nan["unchanged"]
+    assert nan["error"] and "non-finite" in nan["error"] and "update 1" in nan["error"], nan
+
+
 def test_resume_under_another_lr_schedule_is_refused(engine_jobs):
     ref, _ = engine_jobs["ref"]
     assert "'total_steps': (4, 8)" in ref.get("schedule_mismatch_error", "no error raised")

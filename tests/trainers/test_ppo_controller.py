@@ -207,6 +207,42 @@ def test_non_finite_scores_skip_the_step_and_repeated_ones_stop_the_run(tmp_path
         trainer.fit()
 
 
+def test_no_checkpoint_is_written_during_a_streak_of_skipped_steps(tmp_path):
+    """Issue 16 §4: a save that falls due on a skipped (non-finite) step waits for the next good step,
+    so keep_last never prunes a good checkpoint for one taken while the run was failing."""
+    # Reward calls 1-2: the initial evaluation; call 2 + s scores step s. Steps 3 and 4 (the last) skipped:
+    trainer, _, _ = make(tmp_path / "a", nan_calls={5, 6}, trainer__total_steps=4, trainer__eval_every=0,
+                         trainer__save_every=1, trainer__keep_last=2)
+    trainer.fit()
+    assert [p.name for p in trainer.checkpoints.complete_checkpoints()] == ["step_00000001", "step_00000002"]
+    # Step 2 skipped when a save falls due: the save comes at step 3, the next good step.
+    trainer, _, _ = make(tmp_path / "b", nan_calls={4}, trainer__total_steps=5, trainer__eval_every=0,
+                         trainer__save_every=2, trainer__keep_last=3)
+    trainer.fit()
+    assert [p.name for p in trainer.checkpoints.complete_checkpoints()] == ["step_00000003", "step_00000004",
+                                                                             "step_00000005"]
+    state = json.loads((trainer.checkpoints.complete_checkpoints()[0] / "controller.json").read_text())
+    assert state["save_deferred"] is False and state["bad_steps"] == 1
+
+
+def test_a_non_finite_gradient_in_an_update_stops_the_run_naming_the_last_good_checkpoint(tmp_path):
+    from rlhf.engine.train import NonFiniteGradError
+
+    trainer, _, groups = make(tmp_path, trainer__total_steps=3, trainer__eval_every=0, trainer__save_every=1)
+    actor = groups["actor"].workers[0]
+    plain_update = actor.update
+
+    def update(batch, loss_cfg, schedule, step, temperature=1.0):
+        if step == 2:
+            raise NonFiniteGradError("non-finite gradients at optimizer update 2 (norm nan); DeepSpeed skipped the update")
+        return plain_update(batch, loss_cfg, schedule, step, temperature)
+
+    actor.update = update
+    with pytest.raises(NonFiniteRunError, match=r"(?s)worker 'actor' rank 0.*last good checkpoint is .*step_00000001"):
+        trainer.fit()
+    assert [p.name for p in trainer.checkpoints.complete_checkpoints()] == ["step_00000001"]
+
+
 def test_kl_penalty_and_scores_reach_the_rewards(tmp_path):
     trainer, _, _ = make(tmp_path, trainer__total_steps=1)
     batch = trainer.score(trainer.rollout(1))

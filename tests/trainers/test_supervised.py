@@ -85,3 +85,39 @@ def test_ece_is_zero_when_calibrated_and_one_when_confidently_wrong():
     assert expected_calibration_error(torch.full((10,), -30.0)) == pytest.approx(1.0, abs=1e-9)
     # σ(1.0986) = 0.75: right 3 times in 4 would be calibrated; right every time is under-confident by 0.25.
     assert expected_calibration_error(torch.full((8,), 1.0986123)) == pytest.approx(0.25, abs=1e-6)
+
+
+class NaNAtStep2Group:
+    """A stand-in for the SFT worker group whose second update meets a NaN gradient."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def call(self, method, *args):
+        from rlhf.distributed.worker_group import WorkerError
+        from rlhf.engine.train import NonFiniteGradError
+
+        if method == "train_step":
+            self.steps += 1
+            if self.steps == 2:
+                cause = NonFiniteGradError("non-finite gradient norm (nan) at optimizer update 2; the update was not applied")
+                error = WorkerError("sft", 0, "train_step", f"raised {cause!r}")
+                error.__cause__ = cause
+                raise error
+            return {"loss": 1.0}
+        if method == "save_checkpoint":
+            Path(args[0]).mkdir(parents=True)
+            return None
+        raise AssertionError(f"unexpected call {method}")
+
+
+def test_sft_stops_on_a_non_finite_gradient_naming_the_last_good_checkpoint(tmp_path):
+    from rlhf.trainers.non_finite import NonFiniteRunError
+    from rlhf.trainers.supervised import SFTTrainer
+
+    cfg = SFTConfig(model=ModelConfig(path="unused"), use_gpu=False, data=SupervisedDataConfig(train="unused"),
+                    trainer=trainer(total_steps=3, batch_size=2, save_every=1, eval_every=0))
+    sft = SFTTrainer(cfg, NaNAtStep2Group(), train_set=list(range(8)), eval_set=[], run_dir=tmp_path)
+    with pytest.raises(NonFiniteRunError, match=r"(?s)sft: worker 'sft' rank 0.*update 2.*last good checkpoint is "
+                                                r".*step_00000001"):
+        sft.fit()
