@@ -252,3 +252,62 @@ def test_a_moved_run_dir_resumes_although_its_paths_changed():
     assert config_changes(saved, moved, []) == []
     moved["ppo"]["data"]["train"] = "/data/y"
     assert config_changes(saved, moved, []) == ["ppo.data.train: '/data/x' → '/data/y'"]
+
+
+def prepared_run_dir(run_dir: Path) -> Path:
+    """A run_dir as the quickstart's prepare stage leaves it (files written by hand; no model needed:
+    pre-flight only checks that the base model's directory exists)."""
+    (run_dir / "base").mkdir(parents=True)
+    data = run_dir / "data"
+    data.mkdir()
+    files = {
+        "sft.jsonl": [{"prompt": f"{i}+1=", "response": str(i + 1)} for i in range(4)],
+        "eval_prompts.jsonl": [{"prompt": f"{i}+2=", "answer": str(i + 2)} for i in range(4)],
+        "train_prompts.jsonl": [{"prompt": f"{i}+3=", "answer": str(i + 3)} for i in range(4)],
+        "preferences_train.jsonl": [{"prompt": f"{i}+4=", "chosen": str(i + 4), "rejected": str(i + 5),
+                                     "negative_type": "plus_1"} for i in range(4)],
+        "preferences_eval.jsonl": [{"prompt": f"{i}+5=", "chosen": str(i + 5), "rejected": str(i + 6),
+                                    "negative_type": "plus_1"} for i in range(4)],
+    }
+    for name, rows in files.items():
+        (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+@pytest.mark.parametrize("file, text, error", [
+    ("preferences_train.jsonl", '{"prompt": "1+1=", "chosen": "2", "negative_type": "plus_1"}\n',
+     r"rm.data.train=\S*preferences_train.jsonl: no field 'rejected' \(rm.data.rejected_key\); the rows have fields"),
+    ("sft.jsonl", '{"prompt": "1+1=", "answer": "2"}\n',
+     r"sft.data.train=\S*sft.jsonl: no field 'messages' \(sft.data.messages_key\), or 'prompt' \(sft.data.prompt_key\) "
+     r"and 'response' \(sft.data.response_key\)"),
+    ("sft.jsonl", '{"messages": [{"role": "user", "content": "1+1="}, {"role": "asistant", "content": "2"}]}\n',
+     r"sft.data.train: \S*sft.jsonl, row 0 \(line 1\), field 'messages': message 1: unknown role 'asistant'"),
+    ("eval_prompts.jsonl", '{"prompt": "1+1=", "gold": "2"}\n',
+     r"sft.gold_eval.prompts=\S*eval_prompts.jsonl: no field 'answer' \(sft.gold_eval.reference_key\)"),
+    ("train_prompts.jsonl", '{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": 4\n',
+     r"ppo.data.train: \S*train_prompts.jsonl, row 1 \(line 2\): malformed JSON"),
+    ("preferences_eval.jsonl", '{"prompt": "1+1=", "chosen": 2, "rejected": "3"}\n',
+     r"rm.data.eval: \S*preferences_eval.jsonl, row 0 \(line 1\), field 'chosen': expected a non-empty string"),
+])
+def test_every_stage_s_data_is_checked_before_the_first_stage_trains(tmp_path, file, text, error):
+    """Issue 16 §11: a bad RM or PPO file used to be found after SFT (and RM) had trained; now the
+    run is refused at pre-flight, naming the config field, the file, and the row/line/field."""
+    from rlhf.trainers.pipeline import PipelineError, preflight
+
+    run_dir = tmp_path / "run"
+    data = prepared_run_dir(run_dir)
+    cfg = build_config("quickstart", [f"run_dir={run_dir}", "stages=[sft,rm,ppo]"])
+    preflight(cfg)  # every file as prepare writes it: accepted
+    (data / file).write_text(text)
+    with pytest.raises(PipelineError, match=error):
+        preflight(cfg)
+
+
+def test_bad_ppo_data_stops_the_real_command_before_sft_starts(tmp_path):
+    run_dir = tmp_path / "run"
+    data = prepared_run_dir(run_dir)
+    (data / "train_prompts.jsonl").write_text('{"question": "1+1=", "answer": "2"}\n')
+    result = rlhf("recipe=quickstart", f"run_dir={run_dir}", "stages=[sft,rm,ppo]")
+    assert result.returncode == 2, result.stderr
+    assert "ppo.data.train=" in result.stderr and "no field 'prompt' (ppo.data.prompt_key)" in result.stderr
+    assert "Traceback" not in result.stderr and not (run_dir / "sft").exists()

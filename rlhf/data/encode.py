@@ -79,7 +79,13 @@ def _chat(tokenizer: Any, messages: Messages, add_generation_prompt: bool) -> st
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no chat template, so chat messages "
                          "cannot be rendered; use plain text fields or a tokenizer with a chat template")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except ValueError:
+        raise
+    except Exception as exc:  # jinja2's TemplateError (e.g. "roles must alternate"): callers name the row
+        raise ValueError(f"the tokenizer's chat template failed on this conversation: {type(exc).__name__}: "
+                         f"{exc}") from exc
 
 
 def _as_messages(value: str | Messages, role: str) -> Messages:

@@ -228,13 +228,18 @@ def expect_text(rows: RawRows, i: int, key: str, value: Any) -> str:
     return value
 
 
+CHAT_ROLES = ("system", "user", "assistant", "tool")  # what chat templates render; anything else is a typo
+
+
 def expect_messages(rows: RawRows, i: int, key: str, value: Any) -> list[dict[str, str]]:
-    """A non-empty list of {"role": str, "content": non-empty str} chat messages."""
+    """A non-empty list of {"role": one of CHAT_ROLES, "content": non-empty str} chat messages."""
     if not isinstance(value, list) or not value:
         raise rows.error(i, key, f"expected a non-empty list of chat messages, got {_describe(value)}")
     for j, message in enumerate(value):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise rows.error(i, key, f"message {j}: expected an object with a string 'role', got {_describe(message)}")
+        if message["role"] not in CHAT_ROLES:
+            raise rows.error(i, key, f"message {j}: unknown role {message['role']!r}; expected one of {list(CHAT_ROLES)}")
         content = message.get("content")
         if not isinstance(content, str) or not content.strip():
             raise rows.error(i, key, f"message {j}: expected a non-empty string 'content', got {_describe(content)}")

@@ -229,8 +229,7 @@ def preflight(cfg: RunConfig) -> Preflight:
     _check_inputs(cfg, run_dir, decisions)
     if cfg.resume and not cfg.dry_run:
         _check_resume(cfg, run_dir, to_run)
-    if "ppo" in to_run:
-        _check_prompt_fields(cfg.ppo)
+    _check_data(cfg, run_dir, decisions)
     _check_reward_norm(cfg, run_dir, to_run)
     if cfg.ppo.placement.cluster:
         report.cluster, report.cluster_source = list(cfg.ppo.placement.cluster), "described (ppo.placement.cluster)"
@@ -319,31 +318,18 @@ def _check_resume(cfg: RunConfig, run_dir: Path, to_run: list[str]) -> None:
                             f"Accept the change(s) with resume_allow_changes=[{fields}], or start a fresh run_dir")
 
 
-def _check_prompt_fields(ppo) -> None:
-    """PPO's local prompt files hold the fields the run reads — the prompt, and the reference a task
-    scores against (`ppo.task.name`) — checked now, not after the SFT and RM stages have trained.
-    Files an earlier stage makes, and hub datasets, are checked when the PPO stage loads them."""
-    from rlhf.data.sources import DataError, load_rows
+def _check_data(cfg: RunConfig, run_dir: Path, decisions: list[StageDecision]) -> None:
+    """Every selected stage's local data files parse and hold the fields the stage reads
+    (rlhf/trainers/preflight_data.py); files a stage of this invocation writes first are left to it."""
+    from rlhf.trainers.preflight_data import DataPreflightError, check_stage_data
 
-    required = [("ppo.data.prompt_key", ppo.data.prompt_key)]
-    if ppo.task.name:
-        if ppo.data.reference_key is None:
-            raise PipelineError(f"ppo.data.reference_key=null but ppo.task.name={ppo.task.name!r} scores each "
-                                "response against its row's reference: name the reference field")
-        required.append(("ppo.data.reference_key", ppo.data.reference_key))
-    for name, source, split in (("ppo.data.train", ppo.data.train, ppo.data.train_split),
-                                ("ppo.data.eval", ppo.data.eval, ppo.data.eval_split)):
-        if not source or not Path(source).expanduser().exists():
-            continue
-        try:
-            columns = load_rows(source, split).columns
-        except DataError as exc:
-            raise PipelineError(f"{name}: {exc}") from None
-        for key_field, key in required:
-            if key not in columns:
-                why = " (the task's reward needs it)" if key_field.endswith("reference_key") else ""
-                raise PipelineError(f"{name}={source}: no field {key!r} ({key_field}){why}; the rows have "
-                                    f"fields {columns}")
+    runs = [d.stage for d in decisions if d.action in ("run", "resume")]
+    made = [p for stage, paths in stage_outputs(cfg, run_dir).items() if stage in runs for p in paths]
+    try:
+        check_stage_data(cfg, [s for s in runs if s in TRAINER_STAGES],
+                         made_by_this_run=lambda path: any(path == p or p in path.parents for p in made))
+    except DataPreflightError as exc:
+        raise PipelineError(str(exc)) from None
 
 
 def _check_reward_norm(cfg: RunConfig, run_dir: Path, to_run: list[str]) -> None:

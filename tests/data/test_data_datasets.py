@@ -185,3 +185,31 @@ def test_preference_overlong_policies(tokenizer, write_jsonl, cache_dir):
     assert ds[1].chosen_ids == char_ids(tokenizer, "50+50=10") and ds[1].rejected_ids == char_ids(tokenizer, "50+50=20")
     ds = PreferenceDataset(path, tokenizer, max_len=8, overlong="drop", cache_dir=cache_dir)
     assert [e.index for e in ds] == [0] and ds.num_dropped == 2 and ds.num_truncated == 0
+
+
+def test_chat_rows_with_an_unknown_role_are_refused_naming_file_row_and_message(tokenizer, write_jsonl, cache_dir):
+    """Issue 16 §12: a typo in a role ('asistant') was rendered as if it were a known turn."""
+    good = [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"}]
+    typo = [{"role": "user", "content": "2+2="}, {"role": "asistant", "content": "4"}]
+    path = write_jsonl([{"messages": good}, {"messages": typo}])
+    with pytest.raises(DataError, match=r"data.jsonl, row 1 \(line 2\), field 'messages': message 1: unknown role "
+                                        r"'asistant'; expected one of \['system', 'user', 'assistant', 'tool'\]"):
+        SFTDataset(path, tokenizer, cache_dir=cache_dir)
+    prompts = write_jsonl([{"prompt": [{"role": "User", "content": "1+1="}]}], name="prompts.jsonl")
+    with pytest.raises(DataError, match=r"row 0 \(line 1\), field 'prompt': message 0: unknown role 'User'"):
+        PromptDataset(prompts, tokenizer, reference_key=None, cache_dir=cache_dir)
+
+
+def test_a_chat_template_that_raises_names_the_row(tokenizer, write_jsonl, cache_dir, tmp_path):
+    """A template's own error (jinja's raise_exception, e.g. roles that must alternate) names the row."""
+    import copy
+
+    strict = copy.deepcopy(tokenizer)
+    strict.chat_template = ("{% for m in messages %}{% if loop.index0 % 2 == 0 and m['role'] != 'user' %}"
+                            "{{ raise_exception('roles must alternate user/assistant') }}{% endif %}"
+                            "{{ m['content'] }}{% endfor %}")
+    rows = [{"messages": [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"}]},
+            {"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "2"}]}]
+    with pytest.raises(DataError, match=r"row 1 \(line 2\), field 'messages': the tokenizer's chat template failed "
+                                        r"on this conversation: TemplateError: roles must alternate"):
+        SFTDataset(write_jsonl(rows), strict, cache_dir=cache_dir)
