@@ -5,7 +5,9 @@ of a phase transition crosses it on one machine and not on another (issue 18). O
 the kernels of another CPU class: `--kernels avx2` sets `MKL_ENABLE_INSTRUCTIONS=AVX2` (MKL's BLAS
 takes its AVX2 code path) and `ATEN_CPU_CAPABILITY=avx2` (torch's own vectorised kernels: softmax,
 norms, reductions) for the whole run — driver and Ray workers — which is what an AVX2-only CPU such as
-the AMD EPYC of issue 18 runs. On an AVX-512 machine both change results bit for bit; the torch thread
+the AMD EPYC of issue 18 runs. On an AVX-512 machine both change results bit for bit (on an AVX2-only
+CPU `avx2` is the native path; `--kernels sse`, MKL's SSE4.2 and torch's unvectorised kernels, is the
+other path there: it changes most matmul outputs in their last bits); the torch thread
 count does not (measured: 1 and 2 threads gave bit-identical SFT losses over 650 steps), so threads are
 an axis only when asked for. Seeds change everything else. A recipe that meets its expectations in
 every cell does not hinge on the machine it was tuned on.
@@ -33,7 +35,10 @@ from pathlib import Path
 
 RLHF = Path(sys.executable).parent / "rlhf"
 # The environment that makes this machine run another CPU class's kernels (read at process start).
-KERNELS = {"native": {}, "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+KERNELS = {"native": {}, "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+           # An older CPU's path: MKL's SSE4.2 kernels and torch's unvectorised ones. On an AVX2-only CPU
+           # (where "avx2" IS the native path) this is the other kernel path that one machine can run.
+           "sse": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"}}
 COLUMNS = [  # (header, stage, summary key, format)
     ("SFT loss", "sft", "train_loss", "{:.3f}"), ("SFT gold", "sft", "gold_accuracy", "{:.3f}"),
     ("RM acc", "rm", "eval_accuracy", "{:.3f}"),

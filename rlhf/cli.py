@@ -15,8 +15,9 @@ directory (run_dir is). `recipe=NAME` picks `recipes/NAME.yaml` as the primary c
 holds the groups it composes (both at the repository's top level, found next to the package). Every
 other argument is a Hydra override (`key=value`, `+key=value`, `group@package=option`).
 
-Exit codes: 0 done; 2 the configuration (a field, the placement, a missing input) is refused, with a
-one-paragraph message and no traceback; 1 a crash while running (full traceback).
+Exit codes: 0 done; 2 the configuration (a field, the placement, a missing input) or the input data
+(a file, row and field: also when a stage finds it while loading) is refused, with a one-paragraph
+message and no traceback (RLHF_DEBUG=1 adds it); 1 a crash while running (full traceback); 3, 4, 5 below.
 """
 from __future__ import annotations
 
@@ -225,9 +226,23 @@ def _installation_report() -> int:
 
 
 def _refuse(exc: BaseException) -> int:
-    """Print a configuration error as one paragraph (no traceback) and return the exit code."""
+    """Print a configuration or data error as one paragraph (the traceback only with RLHF_DEBUG=1)
+    and return the exit code."""
+    import os
+
+    if os.environ.get("RLHF_DEBUG") == "1":
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
     print(f"rlhf: error: {error_text(exc)}", file=sys.stderr)
     return EXIT_CONFIG_ERROR
+
+
+def _bad_input(exc: BaseException) -> bool:
+    """A DataError (rlhf.data.sources) raised by a stage while loading its data, here or in a worker."""
+    from rlhf.data.sources import DataError
+
+    return isinstance(exc, DataError) or isinstance(exc.__cause__, DataError)
 
 
 def error_text(exc: BaseException) -> str:
@@ -305,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ExpectationsNotMet, RewardHackingError) as exc:
         print(f"rlhf: {exc}\nrun_dir: {report.run_dir}", file=sys.stderr)
         return EXIT_EXPECTATIONS if isinstance(exc, ExpectationsNotMet) else EXIT_REWARD_HACKING
+    except Exception as exc:
+        if not _bad_input(exc):  # a crash: the traceback is what a bug report needs
+            raise
+        return _refuse(exc.__cause__ if exc.__cause__ is not None else exc)
     print(f"\nrun_dir: {report.run_dir}\nsummary.json: " + ", ".join(
         f"{stage}: {len(values)} values" for stage, values in summary.items()))
     unmet = unmet_expectations(summary)

@@ -311,3 +311,28 @@ def test_bad_ppo_data_stops_the_real_command_before_sft_starts(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "ppo.data.train=" in result.stderr and "no field 'prompt' (ppo.data.prompt_key)" in result.stderr
     assert "Traceback" not in result.stderr and not (run_dir / "sft").exists()
+
+
+def test_bad_data_a_stage_finds_while_loading_is_one_line_and_exit_2(tmp_path):
+    """Issue 16 §14: pre-flight reads the first rows; a bad row further down is found when the stage
+    loads its data — still a one-line error naming file, row and field, exit 2, no traceback (the
+    traceback only with RLHF_DEBUG=1)."""
+    from rlhf.models.tiny import build_tiny_model
+    from rlhf.trainers.preflight_data import FIRST_ROWS
+
+    run_dir = tmp_path / "run"
+    data = prepared_run_dir(run_dir)
+    build_tiny_model(run_dir / "base", max_positions=64)
+    rows = [{"prompt": f"{i}+1=", "response": str(i + 1)} for i in range(FIRST_ROWS + 4)]
+    rows[FIRST_ROWS + 2]["response"] = "  "
+    (data / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ("recipe=quickstart", f"run_dir={run_dir}", "stages=[sft]", "logging=quiet")
+    result = rlhf(*args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    row = FIRST_ROWS + 2
+    assert (f"sft.jsonl, row {row} (line {row + 1}), field 'response': expected a non-empty string, got str '  '"
+            in result.stderr), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    debug = subprocess.run([str(RLHF), *args, "overwrite=true"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "RLHF_DEBUG": "1"})
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and f"row {row}" in debug.stderr
