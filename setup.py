@@ -26,7 +26,10 @@ setup(
         "tokenizers>=0.19",
         "safetensors>=0.4",
         "ray[default]>=2.30",
-        "deepspeed>=0.15",
+        # Checkpoints resume under ZeRO 0-3 with weights_only loading (rlhf/engine/safe_load.py) on the
+        # 0.19 series, measured with 0.19.8 and torch 2.13; older ones load with full pickle or fail
+        # under torch >= 2.6's weights_only default.
+        "deepspeed>=0.19,<0.20",
         "hydra-core>=1.3",
         "omegaconf>=2.3",
         "peft>=0.11",

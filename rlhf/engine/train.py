@@ -53,6 +53,9 @@ class TrainEngine:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self._engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                      config=ds_config)
+        from rlhf.engine.safe_load import use_weights_only_loading  # imports deepspeed: after import_deepspeed
+
+        use_weights_only_loading(self._engine)  # resume never unpickles arbitrary objects
 
     @property
     def module(self) -> torch.nn.Module:

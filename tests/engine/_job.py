@@ -160,6 +160,7 @@ def main(mode: str, stage: int, out: Path) -> None:
                         grad_accum_steps=gas)
     fresh.load_checkpoint(ckpt)
     result["resumed_global_steps"] = fresh.global_steps
+    result["checkpoint_engine"] = type(fresh._engine.checkpoint_engine).__name__
     result["resumed_stats"] = update(fresh, 2, rank, world, gas)
     result["resumed"] = full_params(fresh)
 

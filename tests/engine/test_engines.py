@@ -69,6 +69,7 @@ def test_checkpoint_resume_matches_uninterrupted_run_exactly(engine_jobs, job):
     """A fresh engine (other initial weights) loading the checkpoint takes bit-identical update 3:
     weights, AdamW moments and the scheduler position (update 3 uses the peak lr, not warm-up) restored."""
     result, out = engine_jobs[job]
+    assert result["checkpoint_engine"] == "WeightsOnlyCheckpointEngine"  # read with weights_only=True
     assert result["resumed_global_steps"] == 2
     assert result["resumed_stats"]["lr"] == pytest.approx(1e-3)
     assert result["resumed"].keys() == result["uninterrupted"].keys()
