@@ -150,6 +150,10 @@ class RewardRoleConfig:
     use_task_reward: bool = False  # true: the task's rule-based reward (RLVR); false: the reward model
     fn_timeout_s: float = 10.0  # per-call timeout of a rule-based reward function; > 0
     fn_fallback: float = 0.0  # score given when the function raises, hangs or returns NaN
+    # Limits of one call, in the function's child process: memory it may add (MiB; 0 = none) and CPU
+    # seconds (null = none besides fn_timeout_s). Exceeding one is an error, counted (reward/fn_errors).
+    fn_memory_mb: int = 2048
+    fn_cpu_s: float | None = None
     # Stop the run (RewardFunctionError) when the task's reward function fails on more than this
     # fraction of a training batch's rows; failures are counted per step either way (reward/fn_*).
     max_fn_failure_frac: float = 0.5
@@ -157,6 +161,10 @@ class RewardRoleConfig:
     def __post_init__(self) -> None:
         if not self.fn_timeout_s > 0:
             invalid("reward_role", "fn_timeout_s", self.fn_timeout_s, "> 0")
+        if self.fn_memory_mb < 0:
+            invalid("reward_role", "fn_memory_mb", self.fn_memory_mb, "MiB >= 0 (0 = no limit)")
+        if self.fn_cpu_s is not None and not self.fn_cpu_s > 0:
+            invalid("reward_role", "fn_cpu_s", self.fn_cpu_s, "seconds > 0, or null (no limit)")
         if not 0 <= self.max_fn_failure_frac <= 1:
             invalid("reward_role", "max_fn_failure_frac", self.max_fn_failure_frac, "in [0, 1] (1 = never stop)")
 

@@ -8,6 +8,7 @@ from rlhf.workers.actor import ActorWorker
 from rlhf.workers.critic import CriticWorker
 from rlhf.workers.reference import ReferenceWorker
 from rlhf.workers.reward import RewardWorker
+from rlhf.workers.reward_fn import RewardFnLimits
 
 WORKER_CLASSES = {"actor": ActorWorker, "critic": CriticWorker, "reference": ReferenceWorker,
                   "reward": RewardWorker}
@@ -56,7 +57,8 @@ def init_models(cfg: PPOConfig, groups) -> None:
     pending.append(groups["reward"].call_async(
         "init_model", cfg.reward.path or None, cfg.reward.options, engines.reward, fwd, task=cfg.task.name,
         task_kwargs=dict(cfg.task.kwargs), use_task_reward=cfg.reward_role.use_task_reward,
-        reward_fn_timeout_s=cfg.reward_role.fn_timeout_s, reward_fn_fallback=cfg.reward_role.fn_fallback))
+        reward_fn_timeout_s=cfg.reward_role.fn_timeout_s, reward_fn_fallback=cfg.reward_role.fn_fallback,
+        reward_fn_limits=RewardFnLimits(cfg.reward_role.fn_memory_mb, cfg.reward_role.fn_cpu_s)))
     for call in pending:
         call.result()
     max_model_len = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens

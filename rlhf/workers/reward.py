@@ -15,7 +15,7 @@ from rlhf.models import ModelOptions, load_reward_model, reward_scores
 from rlhf.tasks import get_task
 from rlhf.workers.base import BaseWorker, Dispatch, dispatch
 from rlhf.workers.inference import forward_in_chunks
-from rlhf.workers.reward_fn import RewardFunctionRunner
+from rlhf.workers.reward_fn import RewardFnLimits, RewardFunctionRunner
 
 
 class RewardWorker(BaseWorker):
@@ -27,7 +27,7 @@ class RewardWorker(BaseWorker):
     def init_model(self, model_path: str | None, options: ModelOptions, engine_cfg: EngineConfig,
                    micro_batch_size: int, task: str | None = None, task_kwargs: dict | None = None,
                    use_task_reward: bool = False, reward_fn_timeout_s: float = 10.0,
-                   reward_fn_fallback: float = 0.0) -> None:
+                   reward_fn_fallback: float = 0.0, reward_fn_limits: RewardFnLimits = RewardFnLimits()) -> None:
         """Score with the reward model at `model_path`, or (`use_task_reward`) with `task`'s reward.
 
         With a `task`, its verifier also yields `gold_B` for metrics either way.
@@ -38,7 +38,8 @@ class RewardWorker(BaseWorker):
             raise ValueError("the reward role needs a reward model path, or use_task_reward=true with a task")
         if task is not None:
             task_obj = get_task(task, **(task_kwargs or {}))
-            self.verifier = RewardFunctionRunner(task_obj.reward, reward_fn_timeout_s, reward_fn_fallback)
+            self.verifier = RewardFunctionRunner(task_obj.reward, reward_fn_timeout_s, reward_fn_fallback,
+                                                 reward_fn_limits)
             if use_task_reward:
                 self.rule = self.verifier
         if not use_task_reward:

@@ -8,11 +8,21 @@ after `HANG_LIMIT` consecutive timeouts in one batch the batch's remaining rows 
 timeouts without being tried, so a function that always hangs costs at most HANG_LIMIT × timeout_s
 per batch, not per row. `last_failures` says, per row of the last call, which failure (if any) gave
 its score: the reward worker turns it into `fn_failures_B` for the per-step metrics.
+
+Limits (`RewardFnLimits`) bound what one call may take besides wall time: memory (address space the
+child may add to what it holds after start-up; an allocation beyond it is a MemoryError) and CPU
+seconds (a multi-threaded or busy call is stopped by SIGXCPU, raised in the child as
+CPUTimeLimitExceeded). Both count as errors, naming the limit. The child leads its own process group,
+so a timeout kills whatever the function forked along with it.
 """
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
+import os
+import resource
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -37,16 +47,51 @@ class RewardFnStats:
             self.examples.append(description)
 
 
+@dataclass(frozen=True)
+class RewardFnLimits:
+    """What one reward-function call may use besides wall time (None or 0 = unlimited)."""
+
+    memory_mb: int | None = 2048  # address space the child may add beyond its size after start-up
+    cpu_s: float | None = None  # CPU seconds per call (all threads); None = no limit but the timeout
+
+
+class CPUTimeLimitExceeded(Exception):
+    """Raised inside the child when a call used up its CPU-time limit."""
+
+
 _INSTALLED_FN: Callable[[str, Any], float] | None = None  # the reward function, in the child process
+_CPU_S: float | None = None
 
 
-def _install(fn: Callable[[str, Any], float]) -> None:
-    global _INSTALLED_FN
-    _INSTALLED_FN = fn
+def _install(fn: Callable[[str, Any], float], limits: RewardFnLimits = RewardFnLimits()) -> None:
+    """Pool initializer, in the child: lead a process group, apply the limits, keep the function."""
+    global _INSTALLED_FN, _CPU_S
+    os.setsid()  # a timeout kills this group: the function's own children with it
+    if limits.memory_mb:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        with open("/proc/self/statm") as f:  # size in pages, after the function's imports
+            size = int(f.read().split()[0]) * resource.getpagesize()
+        soft = size + limits.memory_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    if limits.cpu_s:
+        signal.signal(signal.SIGXCPU, _cpu_exceeded)
+    _INSTALLED_FN, _CPU_S = fn, limits.cpu_s
+
+
+def _cpu_exceeded(signum, frame) -> None:
+    raise CPUTimeLimitExceeded(f"used more than its CPU-time limit of {_CPU_S:g} s")
 
 
 def _call(response: str, reference: Any) -> float:
-    return float(_INSTALLED_FN(response, reference))
+    if not _CPU_S:
+        return float(_INSTALLED_FN(response, reference))
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    budget = math.ceil(used.ru_utime + used.ru_stime + _CPU_S)  # RLIMIT_CPU counts whole seconds of the process
+    resource.setrlimit(resource.RLIMIT_CPU, (budget, resource.RLIM_INFINITY))
+    try:
+        return float(_INSTALLED_FN(response, reference))
+    finally:
+        resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
 class RewardFunctionRunner:
@@ -57,10 +102,11 @@ class RewardFunctionRunner:
     non-finite number. `stats` accumulates the failures for the metrics.
     """
 
-    def __init__(self, fn: Callable[[str, Any], float], timeout_s: float = 10.0, fallback: float = 0.0) -> None:
+    def __init__(self, fn: Callable[[str, Any], float], timeout_s: float = 10.0, fallback: float = 0.0,
+                 limits: RewardFnLimits = RewardFnLimits()) -> None:
         if timeout_s <= 0:
             raise ValueError(f"reward function timeout_s must be > 0, got {timeout_s}")
-        self.fn, self.timeout_s, self.fallback = fn, timeout_s, float(fallback)
+        self.fn, self.timeout_s, self.fallback, self.limits = fn, timeout_s, float(fallback), limits
         self.stats = RewardFnStats()
         self.last_failures: list[str | None] = []
         self._context = mp.get_context("spawn")
@@ -69,13 +115,21 @@ class RewardFunctionRunner:
     def _ensure_pool(self):
         if self._pool is None:
             # fn is shipped once, at start-up; each call then sends only its row.
-            self._pool = self._context.Pool(processes=1, initializer=_install, initargs=(self.fn,))
+            self._pool = self._context.Pool(processes=1, initializer=_install, initargs=(self.fn, self.limits))
         return self._pool
 
     def _restart(self) -> None:
         if self._pool is not None:
+            groups = [worker.pid for worker in getattr(self._pool, "_pool", [])]  # the pool's child processes
+            # Terminate first: a worker killed behind the pool's back is replaced at once, and the
+            # replacement, idle, holds the task queue's lock that terminate() waits for.
             self._pool.terminate()
             self._pool.join()
+            for pid in groups:  # each child led its own group (_install): what it forked dies too
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError, TypeError):
+                    pass  # nothing left in it
         self._pool = None
 
     def __call__(self, responses: Sequence[str], references: Sequence[Any]) -> list[float]:
@@ -103,6 +157,9 @@ class RewardFunctionRunner:
         except mp.TimeoutError:
             self._restart()
             return self._fail("timeouts", f"row {row}: no result within {self.timeout_s:g} s")
+        except CPUTimeLimitExceeded as exc:  # its other threads may still burn CPU: a fresh child
+            self._restart()
+            return self._fail("errors", f"row {row}: {type(exc).__name__}: {exc}")
         except Exception as exc:  # the reward function raised: that row only gets the fallback
             return self._fail("errors", f"row {row}: {type(exc).__name__}: {exc}")
         if value != value or value in (float("inf"), float("-inf")):

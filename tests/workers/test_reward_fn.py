@@ -55,3 +55,50 @@ def test_a_reward_that_always_hangs_costs_two_timeouts_per_batch_not_one_per_row
         assert runner(["ok"], ["ok"]) == [1.0]  # the next batch is tried again
     finally:
         runner.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, waiting to be reaped
+    except FileNotFoundError:
+        return False
+
+
+def test_memory_and_cpu_limits_stop_a_call_as_a_counted_error(tmp_path):
+    """Issue 16 §2: a call that allocates without bound, or burns CPU in several threads, is stopped by
+    the child's limits (not by the wall-clock timeout) and counted as an error naming the limit."""
+    from reward_fns_for_tests import greedy_reward
+
+    from rlhf.workers.reward_fn import RewardFnLimits
+
+    runner = RewardFunctionRunner(greedy_reward, timeout_s=300, fallback=-1.0,
+                                  limits=RewardFnLimits(memory_mb=256, cpu_s=2))
+    try:
+        start = time.monotonic()
+        assert runner(["alloc", "spin", "ok"], ["x", "x", "x"]) == [-1.0, -1.0, 1.0]
+        assert time.monotonic() - start < 200  # the spin stopped at its CPU limit, not at 60 s or the timeout
+        assert runner.failure_codes() == [1, 1, 0] and runner.stats.errors == 2 and runner.stats.timeouts == 0
+        assert any("row 0: MemoryError" in e for e in runner.stats.examples), runner.stats.examples
+        assert any("row 1: CPUTimeLimitExceeded: used more than its CPU-time limit of 2 s" in e
+                   for e in runner.stats.examples), runner.stats.examples
+    finally:
+        runner.close()
+
+
+def test_a_timeout_kills_what_the_function_forked(tmp_path):
+    from reward_fns_for_tests import greedy_reward
+
+    runner = RewardFunctionRunner(greedy_reward, timeout_s=300, fallback=-1.0)
+    pid_file = tmp_path / "pid"
+    try:
+        runner(["warm"], ["x"])
+        runner.timeout_s = 5  # meant to expire: the call hangs for 60 s after forking
+        assert runner(["fork"], [str(pid_file)]) == [-1.0] and runner.stats.timeouts == 1
+        pid = int(pid_file.read_text())
+        deadline = time.monotonic() + 60
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(pid), f"the function's child {pid} outlived the timeout"
+    finally:
+        runner.close()
