@@ -62,6 +62,10 @@ class ArithmeticConfig:
     carry_error_prob: float = 0.6  # "carry": P(demo answer is forgot_carry | prompt has a units carry)
     sft_wrong_fraction: float = 0.27  # "uniform": P(demo answer is a random near miss)
     num_train_pairs: int = 20000  # preference pairs on train prompts (prompts drawn with replacement)
+    # Prompts the training pairs are drawn from: None = the train prompts; N >= num_train_prompts = the
+    # train prompts plus N - num_train_prompts more distinct prompts, never a held-out one. A reward model
+    # that sees each of few prompts many times can memorise their answers instead of checking them.
+    num_pair_prompts: int | None = None
     num_eval_pairs: int = 1000  # preference pairs on eval prompts
     forgot_carry_negative_fraction: float = 0.5  # fraction of negatives that are forgot_carry
     # The reward model's TRAINING negatives: {type: weight} over NEGATIVE_TYPES (types left out get 0);
@@ -92,10 +96,14 @@ class ArithmeticConfig:
         for name in ("num_train_prompts", "num_eval_prompts", "num_train_pairs", "num_eval_pairs"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_pair_prompts is not None and self.num_pair_prompts < self.num_train_prompts:
+            problems.append(f"num_pair_prompts must be >= num_train_prompts ({self.num_train_prompts}) or None, "
+                            f"got {self.num_pair_prompts}")
         if self.num_sft is not None and self.num_sft < 1:
             problems.append(f"num_sft must be >= 1 or None, got {self.num_sft}")
-        if not problems and self.num_train_prompts + self.num_eval_prompts > self.num_distinct_prompts():
-            problems.append(f"num_train_prompts + num_eval_prompts = {self.num_train_prompts + self.num_eval_prompts} "
+        used = max(self.num_train_prompts, self.num_pair_prompts or 0) + self.num_eval_prompts
+        if not problems and used > self.num_distinct_prompts():
+            problems.append(f"max(num_train_prompts, num_pair_prompts) + num_eval_prompts = {used} "
                             f"exceeds the {self.num_distinct_prompts()} distinct prompts of this operand range")
         if problems:
             raise ValueError("ArithmeticConfig: " + "; ".join(problems))
@@ -285,6 +293,9 @@ class ArithmeticTask:
         self.eval_problems = sample_problems(c, c.num_eval_prompts, self._rng("eval"))
         self.train_problems = sample_problems(c, c.num_train_prompts, self._rng("train"),
                                               exclude=frozenset(self.eval_problems))
+        extra = 0 if c.num_pair_prompts is None else c.num_pair_prompts - c.num_train_prompts
+        self.pair_problems = self.train_problems + sample_problems(
+            c, extra, self._rng("pair_prompts"), exclude=frozenset(self.eval_problems + self.train_problems))
 
     def _rng(self, stream: str) -> random.Random:
         return random.Random(f"arithmetic/{self.config.seed}/{stream}")  # str seeds are stable across runs
@@ -320,7 +331,7 @@ class ArithmeticTask:
         if split not in ("train", "eval"):
             raise ValueError(f"preference split must be 'train' or 'eval', got {split!r}")
         c, rng = self.config, self._rng(f"preferences_{split}")
-        problems = self.train_problems if split == "train" else self.eval_problems
+        problems = self.pair_problems if split == "train" else self.eval_problems
         rows = []
         for _ in range(c.num_train_pairs if split == "train" else c.num_eval_pairs):
             p = rng.choice(problems)

@@ -239,3 +239,19 @@ def test_written_files_load_through_the_dataset_loaders(tmp_path, tokenizer):
     for split, n in (("train", 600), ("eval", 200)):
         pairs = PreferenceDataset(paths[f"preferences_{split}"], tokenizer, max_len=12, cache_dir=cache)
         assert len(pairs) == n and pairs.tag_counts() == manifest["negative_types"][split]
+
+
+def test_pair_prompts_extend_the_train_prompts_and_never_touch_held_out_ones():
+    kwargs = dict(num_train_prompts=200, num_eval_prompts=50, num_train_pairs=3000, num_eval_pairs=100, seed=2)
+    plain, wide = ArithmeticTask(**kwargs), ArithmeticTask(**kwargs, num_pair_prompts=900)
+    assert wide.train_problems == plain.train_problems and wide.eval_problems == plain.eval_problems
+    assert wide.sft_rows() == plain.sft_rows()  # SFT data does not change
+    held_out = {p.prompt for p in wide.eval_problems}
+    used = {row["prompt"] for row in wide.preference_rows("train")}
+    assert not used & held_out
+    assert len(used) > 250  # beyond the 200 train prompts
+    assert {row["prompt"] for row in plain.preference_rows("train")} <= {p.prompt for p in plain.train_problems}
+    with pytest.raises(ValueError, match="num_pair_prompts must be >= num_train_prompts"):
+        ArithmeticTask(**kwargs, num_pair_prompts=100)
+    with pytest.raises(ValueError, match="exceeds the 8100 distinct prompts"):
+        ArithmeticTask(**kwargs, num_pair_prompts=8100)
