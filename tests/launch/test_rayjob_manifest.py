@@ -28,7 +28,9 @@ WORKER_GROUP = {"groupName": (STR, True), "replicas": (INT, False), "minReplicas
 RAY_CLUSTER_SPEC = {"rayVersion": (STR, False), "enableInTreeAutoscaling": (BOOL, False),
                     "autoscalerOptions": (dict, False), "headServiceAnnotations": (STR_MAP, False),
                     "headGroupSpec": (HEAD_GROUP, True), "workerGroupSpecs": ([WORKER_GROUP], False),
-                    "suspend": (BOOL, False), "gcsFaultToleranceOptions": (dict, False)}
+                    "suspend": (BOOL, False), "gcsFaultToleranceOptions": (dict, False),
+                    "authOptions": ({"mode": ({"disabled", "token"}, False), "secretName": (STR, False),
+                                     "enableK8sTokenAuth": (BOOL, False)}, False)}  # KubeRay v1.5.1+
 RAY_JOB_SPEC = {
     "entrypoint": (STR, False), "runtimeEnvYAML": (STR, False), "jobId": (STR, False),
     "metadata": (STR_MAP, False), "clusterSelector": (STR_MAP, False),
@@ -141,3 +143,10 @@ def test_entrypoint_runs_a_recipe_and_the_cluster_is_cleaned_up():
     assert set(env) <= {"env_vars", "pip", "working_dir", "py_modules", "excludes", "conda", "container"}
     assert all(isinstance(v, str) for v in env["env_vars"].values())
     assert spec["rayClusterSpec"]["rayVersion"] == "2.60.0"
+
+
+def test_the_cluster_requires_ray_token_authentication():
+    """Issue 16 §16: the dashboard listens on the pod network, so every request must carry the token."""
+    spec = yaml.safe_load(MANIFEST.read_text())["spec"]["rayClusterSpec"]
+    assert spec["authOptions"]["mode"] == "token"
+    assert tuple(int(x) for x in spec["rayVersion"].split(".")[:2]) >= (2, 52)  # token auth needs Ray 2.52+

@@ -6,7 +6,8 @@ a stage that misses `recipes/quickstart.yaml`'s expectations ends it with exit s
 
 `RLHF_QUICKSTART_SEED` and `RLHF_QUICKSTART_THREADS` (a count, or "default") choose the seed and torch
 thread count; the CPU kernel path follows the environment (`MKL_ENABLE_INSTRUCTIONS=AVX2
-ATEN_CPU_CAPABILITY=avx2` runs an AVX2-only CPU's kernels; bench/recipe_matrix.py). `.ci/run` runs
+ATEN_CPU_CAPABILITY=avx2` runs an AVX2-only CPU's kernels, `MKL_ENABLE_INSTRUCTIONS=SSE4_2
+ATEN_CPU_CAPABILITY=default` an older one's; bench/recipe_matrix.py). `.ci/run` runs
 the same command on a cell of the robustness table in recipes/quickstart.md chosen from the commit.
 Wall time is printed, not asserted: speed targets belong to bench/, never to tests.
 """
