@@ -190,6 +190,9 @@ class TrainerConfig:
     keep_last: int = 2  # checkpoints kept; older ones are deleted after a new one is complete
     max_consecutive_bad_steps: int = 3  # stop after this many consecutive NaN/inf steps (each is skipped)
     call_timeout_s: float = 1800.0  # any worker call longer than this is reported as hung
+    # Restart the worker groups from the last good checkpoint, in the same process, when a worker dies
+    # or hangs (a raised error is not retried: it would recur); at most this many times per stage.
+    max_restarts: int = 0
     tensorboard: bool = True
     wandb: bool = False  # Weights & Biases (offline unless WANDB_MODE/WANDB_API_KEY say otherwise)
     wandb_project: str = "rlhf"
@@ -215,6 +218,8 @@ class TrainerConfig:
                 invalid("trainer", name, getattr(self, name), "an int >= 0")
         if not self.call_timeout_s > 0:
             invalid("trainer", "call_timeout_s", self.call_timeout_s, "a number of seconds > 0")
+        if self.max_restarts < 0:
+            invalid("trainer", "max_restarts", self.max_restarts, "an int >= 0 (0 = a dead worker ends the run)")
         if self.eval_temperature is not None and not self.eval_temperature > 0:
             invalid("trainer", "eval_temperature", self.eval_temperature, "> 0, or null for rollout.temperature")
 

@@ -43,6 +43,10 @@ class WorkerTimeoutError(WorkerError):
     """A rank did not answer within the call timeout (hung, or stuck in a collective)."""
 
 
+class WorkerDiedError(WorkerError):
+    """A rank's process died (killed, out of memory, its node lost): a fresh group may recover."""
+
+
 def shard_sizes(n: int, parts: int) -> list[int]:
     """Contiguous near-equal shard sizes: the first n % parts shards get one extra item."""
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
@@ -109,7 +113,7 @@ def wait_all(role: str, method: str, refs: list[ray.ObjectRef], timeout_s: float
         except RayTaskError as err:
             raise WorkerError(role, rank_of[ref], method, f"raised {err.cause!r}") from err.cause
         except RayActorError as err:
-            raise WorkerError(role, rank_of[ref], method, f"the worker process died ({type(err).__name__})") from err
+            raise WorkerDiedError(role, rank_of[ref], method, f"the worker process died ({type(err).__name__})") from err
         except (GetTimeoutError, RayError) as err:
             raise WorkerError(role, rank_of[ref], method, f"{type(err).__name__}: {err}") from err
     return [results[rank] for rank in range(len(refs))]

@@ -76,14 +76,27 @@ def keep_local_ray_on_loopback() -> None:
 
 def run_ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, stage: str = "ppo") -> dict[str, float]:
     """Run (or resume) the PPO stage of `cfg` in `run_dir`; returns its summary."""
+    from rlhf.distributed.worker_group import WorkerDiedError, WorkerTimeoutError
+    from rlhf.trainers.metrics import write_summary
     from rlhf.trainers.ppo_setup import start_worker_groups
 
     cfg.validate()
     train, evaluation = load_prompts(cfg)
     init_ray()
-    groups = start_worker_groups(cfg)
-    try:
-        trainer = PPOTrainer(cfg, groups, train, evaluation, run_dir=run_dir, stage=stage)
-        return trainer.fit(resume=resume)
-    finally:
-        groups.shutdown()
+    restarts = 0
+    while True:
+        groups = start_worker_groups(cfg)
+        try:
+            trainer = PPOTrainer(cfg, groups, train, evaluation, run_dir=run_dir, stage=stage)
+            summary = trainer.fit(resume=resume or restarts > 0)
+            if restarts:
+                summary.update(write_summary(Path(run_dir) / "summary.json", stage, {"worker_restarts": restarts})[stage])
+            return summary
+        except (WorkerDiedError, WorkerTimeoutError) as err:
+            if restarts >= cfg.trainer.max_restarts:
+                raise
+            restarts += 1
+            logger.warning("%s: %s; restarting the worker groups from the last good checkpoint (restart %d of "
+                           "trainer.max_restarts=%d)", stage, err, restarts, cfg.trainer.max_restarts)
+        finally:
+            groups.shutdown()

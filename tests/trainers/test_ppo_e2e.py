@@ -80,8 +80,8 @@ run_ppo(load_yaml(PPOConfig, sys.argv[1]), sys.argv[2], resume=sys.argv[3] == "r
 """
 
 
-def run_subprocess(config_path, run_dir, mode, crash_at=None):
-    env = {**os.environ, "RLHF_CRASH_AT": crash_at or ""}
+def run_subprocess(config_path, run_dir, mode, crash_at=None, **extra_env):
+    env = {**os.environ, "RLHF_CRASH_AT": crash_at or "", **extra_env}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, "-c", RUNNER, str(config_path), str(run_dir), mode], env=env,
                           capture_output=True, text=True, timeout=900)
@@ -116,8 +116,21 @@ def test_kills_and_worker_death_then_resume_match_the_uninterrupted_run(ray_clus
     assert third.returncode == 0, third.stderr[-3000:]
     assert not any(p.name.startswith(".tmp-") for p in checkpoints.iterdir())
 
-    for name in ("final", "final_critic"):
-        expected, got = weights(reference_dir / "ppo" / name), weights(crashed / "ppo" / name)
-        for key, value in expected.items():
-            torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6, msg=f"{name}:{key}")
-    assert comparable(records(crashed)) == comparable(records(reference_dir))
+    # Issue 16 §10: with trainer.max_restarts the same process restarts the worker groups from the last
+    # good checkpoint when a worker dies mid-update, and ends where the uninterrupted run does.
+    restarted = tmp_path / "restarted"
+    cfg.trainer.max_restarts = 1
+    restart_config = save_yaml(cfg, tmp_path / "ppo_restarts.yaml")
+    fourth = run_subprocess(restart_config, restarted, "fresh", crash_at="actor_update@3",
+                            RLHF_CRASH_ONCE_FILE=str(tmp_path / "crashed_once"))
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert "restarting the worker groups from the last good checkpoint (restart 1 of" in fourth.stderr
+    assert (tmp_path / "crashed_once").exists()  # the actor did die
+    assert json.loads((restarted / "summary.json").read_text())["ppo"]["worker_restarts"] == 1
+
+    for run in (crashed, restarted):
+        for name in ("final", "final_critic"):
+            expected, got = weights(reference_dir / "ppo" / name), weights(run / "ppo" / name)
+            for key, value in expected.items():
+                torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6, msg=f"{run.name} {name}:{key}")
+        assert comparable(records(run)) == comparable(records(reference_dir)), run.name
