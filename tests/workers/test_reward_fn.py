@@ -93,7 +93,7 @@ def test_a_timeout_kills_what_the_function_forked(tmp_path):
     pid_file = tmp_path / "pid"
     try:
         runner(["warm"], ["x"])
-        runner.timeout_s = 5  # meant to expire: the call hangs for 60 s after forking
+        runner.timeout_s = 20  # meant to expire: the call hangs for 60 s after forking (room to fork first)
         assert runner(["fork"], [str(pid_file)]) == [-1.0] and runner.stats.timeouts == 1
         pid = int(pid_file.read_text())
         deadline = time.monotonic() + 60
