@@ -10,6 +10,7 @@ Either way the error names the last checkpoint that was saved from a state with 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -26,3 +27,15 @@ def non_finite_run_error(error: BaseException, stage: str, latest: Path | None) 
     """The run-ending error for a worker's non-finite loss or gradient, naming where to resume from."""
     return NonFiniteRunError(f"{stage}: {error}; no update was applied with it. The last good checkpoint is "
                              f"{latest or 'none yet (the stage restarts from its start)'}")
+
+
+@contextmanager
+def stop_named_on_non_finite(stage: str, checkpoints):
+    """Turn a worker's NaN/inf loss or gradient error inside the block into NonFiniteRunError naming
+    `checkpoints.latest()`; any other error passes through unchanged."""
+    try:
+        yield
+    except Exception as err:
+        if is_non_finite_failure(err):
+            raise non_finite_run_error(err, stage, checkpoints.latest()) from err
+        raise

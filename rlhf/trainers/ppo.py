@@ -37,7 +37,7 @@ from rlhf.trainers.checkpoint import CheckpointManager
 from rlhf.workers.faults import maybe_crash
 from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summary_table, write_summary
 from rlhf.trainers.monitor import RewardHackingMonitor
-from rlhf.trainers.non_finite import NonFiniteRunError, is_non_finite_failure, non_finite_run_error
+from rlhf.trainers.non_finite import NonFiniteRunError, stop_named_on_non_finite
 
 logger = logging.getLogger(__name__)
 
@@ -277,15 +277,11 @@ class PPOTrainer:
             actor = self.groups["actor"].call_async("update", batch, algo.policy_loss, algo.update, step,
                                                     self.cfg.rollout.temperature)
         metrics = {}
-        try:
+        with stop_named_on_non_finite(self.stage, self.checkpoints):  # raised before it was applied
             if critic is not None:
                 metrics.update(critic.result())
             if actor is not None:
                 metrics.update(actor.result())
-        except Exception as err:
-            if is_non_finite_failure(err):  # a NaN/inf loss or gradient: raised before it was applied
-                raise non_finite_run_error(err, self.stage, self.checkpoints.latest()) from err
-            raise
         return metrics
 
     # --- evaluation ----------------------------------------------------------------------------

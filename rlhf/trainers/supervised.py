@@ -21,7 +21,7 @@ from rlhf.models import load_tokenizer
 from rlhf.trainers import preemption
 from rlhf.trainers.checkpoint import CheckpointManager
 from rlhf.workers.faults import maybe_crash
-from rlhf.trainers.non_finite import is_non_finite_failure, non_finite_run_error
+from rlhf.trainers.non_finite import stop_named_on_non_finite
 from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summary_table, write_summary
 from rlhf.trainers.rm_eval import reward_model_report
 
@@ -62,7 +62,8 @@ class SupervisedTrainer:
         with metrics, preemption.handling():
             while self.state.step < trainer.total_steps:
                 step = self.state.step + 1
-                values = self._train_step_checked([self.train_set[i] for i in self.sampler.next_batch()])
+                with stop_named_on_non_finite(self.stage, self.checkpoints):  # raised before it was applied
+                    values = self.train_step([self.train_set[i] for i in self.sampler.next_batch()])
                 if self._due(step, trainer.eval_every):
                     values.update(self.evaluate())
                 metrics.log(step, values)
@@ -75,14 +76,6 @@ class SupervisedTrainer:
 
     def _due(self, step: int, every: int) -> bool:
         return step == self.cfg.trainer.total_steps or (every > 0 and step % every == 0)
-
-    def _train_step_checked(self, examples: list) -> dict[str, float]:
-        try:
-            return self.train_step(examples)
-        except Exception as err:
-            if is_non_finite_failure(err):  # a NaN/inf loss or gradient: raised before it was applied
-                raise non_finite_run_error(err, self.stage, self.checkpoints.latest()) from err
-            raise
 
     def train_step(self, examples: list) -> dict[str, float]:
         raise NotImplementedError
