@@ -199,12 +199,17 @@ def test_prompts_without_the_reference_a_task_reward_needs_are_refused_before_an
     ("ppo.reward_role.fn_memory_mb=-1", "reward_role.fn_memory_mb"),
     ("ppo.reward_role.fn_cpu_s=0", "reward_role.fn_cpu_s"),
     ("ppo.trainer.eval_temperature=0", "trainer.eval_temperature"),
+    ("ppo.trainer.eval_samples_per_prompt=0", "trainer.eval_samples_per_prompt"),
     ("ppo.data.max_eval_prompts=0", "data.max_eval_prompts"),
     ("sft.trainer.eval_every=-1", "trainer.eval_every"),
     ("rm.trainer.call_timeout_s=-5", "trainer.call_timeout_s"),
     ("rm.data.max_eval_rows=0", "data.max_eval_rows"),
     ("rm.calibration_bins=0", "rm.calibration_bins"),
     ("ppo.reward_role.max_fn_failure_frac=1.5", "reward_role.max_fn_failure_frac"),
+    ("ppo.reward_role.server_url=localhost:8000", "reward_role.server_url"),
+    ("ppo.reward_role.server_concurrency=0", "reward_role.server_concurrency"),
+    ("ppo.reward_role.server_max_retries=-1", "reward_role.server_max_retries"),
+    ("ppo.reward_role.server_url=http://127.0.0.1:1/score", "reward.path"),  # the quickstart's RM is still set
 ])
 def test_numeric_fields_out_of_range_are_refused_before_ray_naming_the_field(tmp_path, capsys, override, names):
     """Issue 16 §13: one paragraph naming the field and what is allowed, exit 2, no traceback."""

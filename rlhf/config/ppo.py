@@ -157,8 +157,38 @@ class RewardRoleConfig:
     # Stop the run (RewardFunctionError) when the task's reward function fails on more than this
     # fraction of a training batch's rows; failures are counted per step either way (reward/fn_*).
     max_fn_failure_frac: float = 0.5
+    # A reward service instead of a reward model (rlhf/workers/reward_server.py has the JSON protocol):
+    # POSTs of up to server_batch_size rows, server_concurrency at once, each with server_timeout_s;
+    # transient failures retried server_max_retries times (backoff server_backoff_s, doubling); rows
+    # left unscored get fn_fallback and are counted like reward-function failures (reward/fn_*).
+    server_url: str | None = None
+    server_timeout_s: float = 30.0
+    server_max_retries: int = 3
+    server_backoff_s: float = 0.5
+    server_batch_size: int = 64
+    server_concurrency: int = 4
+
+    @property
+    def uses_model(self) -> bool:
+        """Whether the scores come from a reward model (not a task's rule or a server)."""
+        return not self.use_task_reward and not self.server_url
 
     def __post_init__(self) -> None:
+        if self.server_url is not None:
+            if not str(self.server_url).startswith(("http://", "https://")):
+                invalid("reward_role", "server_url", self.server_url, "an http:// or https:// URL, or null")
+            if self.use_task_reward:
+                invalid("reward_role", "server_url", self.server_url,
+                        "null when use_task_reward=true (one source of scores)")
+        if not self.server_timeout_s > 0:
+            invalid("reward_role", "server_timeout_s", self.server_timeout_s, "seconds > 0")
+        if self.server_max_retries < 0:
+            invalid("reward_role", "server_max_retries", self.server_max_retries, "an int >= 0")
+        if not self.server_backoff_s >= 0:
+            invalid("reward_role", "server_backoff_s", self.server_backoff_s, "seconds >= 0")
+        for name in ("server_batch_size", "server_concurrency"):
+            if getattr(self, name) < 1:
+                invalid("reward_role", name, getattr(self, name), "an int >= 1")
         if not self.fn_timeout_s > 0:
             invalid("reward_role", "fn_timeout_s", self.fn_timeout_s, "> 0")
         if self.fn_memory_mb < 0:
@@ -186,6 +216,9 @@ class TrainerConfig:
     critic_warmup_steps: int = 0  # steps at the start in which only the critic is updated
     eval_every: int = 10  # evaluate every N steps (and before the first and after the last); 0 = only those
     eval_temperature: float | None = None  # sampled-eval temperature; null = rollout.temperature
+    # Samples per held-out prompt in the sampled evaluation (its gold accuracy and RM score are means
+    # over all of them): k samples cut the estimate's standard error by ~sqrt(k) at k times the cost.
+    eval_samples_per_prompt: int = 1
     save_every: int = 10  # checkpoint every K steps (and at the end); 0 = only at the end
     keep_last: int = 2  # checkpoints kept; older ones are deleted after a new one is complete
     max_consecutive_bad_steps: int = 3  # stop after this many consecutive NaN/inf steps (each is skipped)
@@ -210,7 +243,7 @@ class TrainerConfig:
             invalid("trainer", "hacking_patience", self.hacking_patience, "an int >= 0 (0 = off)")
         if not self.hacking_gold_tolerance >= 0:
             invalid("trainer", "hacking_gold_tolerance", self.hacking_gold_tolerance, "a float >= 0")
-        for name in ("total_steps", "keep_last", "max_consecutive_bad_steps"):
+        for name in ("total_steps", "keep_last", "max_consecutive_bad_steps", "eval_samples_per_prompt"):
             if getattr(self, name) < 1:
                 invalid("trainer", name, getattr(self, name), "an int >= 1")
         for name in ("critic_warmup_steps", "eval_every", "save_every"):
@@ -273,9 +306,12 @@ class PPOConfig:
             invalid("ppo", "actor.path", self.actor.path, "an HF model directory or hub name")
         if not self.data.train:
             invalid("ppo", "data.train", self.data.train, "a prompt dataset (hub name or local file)")
-        if not self.reward_role.use_task_reward and not self.reward.path:
+        if not self.reward_role.use_task_reward and not self.reward_role.server_url and not self.reward.path:
+            invalid("ppo", "reward.path", self.reward.path, "a reward-model directory, or set "
+                    "reward_role.use_task_reward=true with a task, or reward_role.server_url")
+        if self.reward_role.server_url and self.reward.path:
             invalid("ppo", "reward.path", self.reward.path,
-                    "a reward-model directory, or set reward_role.use_task_reward=true with a task")
+                    "null when reward_role.server_url is set (one source of scores)")
         if self.reward_role.use_task_reward and not self.task.name:
             invalid("ppo", "task.name", self.task.name, "a task name when reward_role.use_task_reward=true")
         estimator = self.algorithm.advantage.estimator

@@ -308,7 +308,7 @@ def estimate_role_memory(cfg: PPOConfig, role: str, model_config: "PretrainedCon
         buffers = 2 * engine.zero_bucket_size * b
     overhead = CUDA_OVERHEAD_GIB * GIB + buffers
 
-    if role == "reward" and cfg.reward_role.use_task_reward:  # rule-based reward: no model on the GPU
+    if role == "reward" and not cfg.reward_role.uses_model:  # rule-based or server reward: no model here
         params = trainable = 0
         weights = grads = optimizer = activations = kv = overhead = cpu = 0.0
     offload = "+".join(name for name, on in (("optimizer", trained and engine.offload_optimizer),
@@ -329,7 +329,7 @@ def estimate_memory(cfg: PPOConfig, model_configs: dict[str, Any]) -> dict[str, 
     shapes: dict[int, ModelShape] = {}  # one parse per distinct config object
     estimates = {}
     for role in cfg.roles():
-        if role == "reward" and cfg.reward_role.use_task_reward:
+        if role == "reward" and not cfg.reward_role.uses_model:
             source = ModelShape("none", 1, 1, 1, 1, 1, 1, 1, True)
         else:
             source = _config_for(role, model_configs)
@@ -370,7 +370,7 @@ def load_model_configs(cfg: PPOConfig) -> dict[str, "PretrainedConfig"]:
     """`AutoConfig` of every role's model path (config.json only: no weights are read). Hub models
     the recipes use fall back to their published config when the hub is out of reach."""
     paths = {"actor": cfg.actor.path, "reference": cfg.reference_path(), "critic": cfg.critic_path(),
-             "reward": None if cfg.reward_role.use_task_reward else cfg.reward.path}
+             "reward": cfg.reward.path if cfg.reward_role.uses_model else None}
     loaded: dict[str, Any] = {}
     configs = {}
     for role in cfg.roles():

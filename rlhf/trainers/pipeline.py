@@ -105,7 +105,7 @@ def stage_inputs(cfg: RunConfig, stage: str) -> dict[str, str]:
         fields = {"actor.path": ppo.actor.path, "actor.tokenizer_path": ppo.actor.tokenizer_path,
                   "reference.path": ppo.reference_path(), "critic.path": ppo.critic_path() if "critic" in ppo.roles()
                   else None, "data.train": ppo.data.train, "data.eval": ppo.data.eval}
-        if not ppo.reward_role.use_task_reward:
+        if ppo.reward_role.uses_model:
             fields["reward.path"] = ppo.reward.path
     return {f"{stage}.{k}": v for k, v in fields.items() if v}
 

@@ -235,8 +235,9 @@ class PPOTrainer:
         stats = self.groups["reward"].call("reward_fn_stats")
         examples = [e for rank in (stats if isinstance(stats, list) else [stats]) for e in rank.get("examples", [])]
         detail = ", ".join(f"{kind} {int(counts[f'reward/fn_{kind}'])}" for kind in FN_FAILURE_KINDS)
+        source = "reward server" if self.cfg.reward_role.server_url else "task's reward function"
         raise RewardFunctionError(
-            f"step {self.state.step + 1}: the task's reward function failed on "
+            f"step {self.state.step + 1}: the {source} failed on "
             f"{counts['reward/fn_failure_frac']:.0%} of {rows} rows ({detail}) > reward_role.max_fn_failure_frac="
             f"{limit:g}; their score would be the fallback {self.cfg.reward_role.fn_fallback:g}. First failures: "
             f"{examples[:3] or 'see the reward worker log'}")
@@ -287,14 +288,16 @@ class PPOTrainer:
     # --- evaluation ----------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
         """Greedy and sampled responses on the held-out prompts: reward-model score and gold accuracy,
-        and the reward-hacking monitor's view of the sampled ones (`hacking/*`, when gold exists)."""
+        and the reward-hacking monitor's view of the sampled ones (`hacking/*`, when gold exists). The
+        sampled figures are means over `trainer.eval_samples_per_prompt` samples of every prompt."""
         if not self.eval_prompts:
             return {}
         items = [(list(e.input_ids), e.reference) for e in self.eval_prompts]
         temperature = self.cfg.trainer.eval_temperature or self.cfg.rollout.temperature
         out = {}
         for name, params in (("greedy", self._sampling(seed=0, greedy=True, n=1)),
-                             ("sampled", self._sampling(seed=_mix(self.cfg.trainer.seed, -1), n=1,
+                             ("sampled", self._sampling(seed=_mix(self.cfg.trainer.seed, -1),
+                                                        n=self.cfg.trainer.eval_samples_per_prompt,
                                                         temperature=temperature))):
             batch = self.groups["actor"].call("generate", items, params)
             scored = self.groups["reward"].call("score", batch)

@@ -9,6 +9,7 @@ from rlhf.workers.critic import CriticWorker
 from rlhf.workers.reference import ReferenceWorker
 from rlhf.workers.reward import RewardWorker
 from rlhf.workers.reward_fn import RewardFnLimits
+from rlhf.workers.reward_server import RewardServerSpec
 
 WORKER_CLASSES = {"actor": ActorWorker, "critic": CriticWorker, "reference": ReferenceWorker,
                   "reward": RewardWorker}
@@ -58,8 +59,18 @@ def init_models(cfg: PPOConfig, groups) -> None:
         "init_model", cfg.reward.path or None, cfg.reward.options, engines.reward, fwd, task=cfg.task.name,
         task_kwargs=dict(cfg.task.kwargs), use_task_reward=cfg.reward_role.use_task_reward,
         reward_fn_timeout_s=cfg.reward_role.fn_timeout_s, reward_fn_fallback=cfg.reward_role.fn_fallback,
-        reward_fn_limits=RewardFnLimits(cfg.reward_role.fn_memory_mb, cfg.reward_role.fn_cpu_s)))
+        reward_fn_limits=RewardFnLimits(cfg.reward_role.fn_memory_mb, cfg.reward_role.fn_cpu_s),
+        server=reward_server_spec(cfg.reward_role)))
     for call in pending:
         call.result()
     max_model_len = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens
     groups["actor"].call("init_rollout", cfg.rollout, max_model_len, cfg.trainer.seed)
+
+
+def reward_server_spec(role) -> RewardServerSpec | None:
+    """The reward service of `ppo.reward_role` (a RewardRoleConfig), or None when scores come from elsewhere."""
+    if not role.server_url:
+        return None
+    return RewardServerSpec(url=role.server_url, timeout_s=role.server_timeout_s, max_retries=role.server_max_retries,
+                            backoff_s=role.server_backoff_s, batch_size=role.server_batch_size,
+                            max_concurrency=role.server_concurrency, fallback=role.fn_fallback)

@@ -1,4 +1,5 @@
-"""The reward role: sequence scores from a reward model, or from a task's rule-based reward function.
+"""The reward role: sequence scores from a reward model, a task's rule-based reward function, or an HTTP
+reward service (`rlhf/workers/reward_server.py`).
 
 When the run has a task with a verifier (e.g. arithmetic), the same call also returns the gold
 reward `gold_B`, so learning is measured against the truth and not only against the reward model.
@@ -16,33 +17,40 @@ from rlhf.tasks import get_task
 from rlhf.workers.base import BaseWorker, Dispatch, dispatch
 from rlhf.workers.inference import forward_in_chunks
 from rlhf.workers.reward_fn import RewardFnLimits, RewardFunctionRunner
+from rlhf.workers.reward_server import RewardServerClient, RewardServerSpec
 
 
 class RewardWorker(BaseWorker):
     engine = None
     rule = None
     verifier = None
+    server = None
 
     @dispatch(Dispatch.ALL)
     def init_model(self, model_path: str | None, options: ModelOptions, engine_cfg: EngineConfig,
                    micro_batch_size: int, task: str | None = None, task_kwargs: dict | None = None,
                    use_task_reward: bool = False, reward_fn_timeout_s: float = 10.0,
-                   reward_fn_fallback: float = 0.0, reward_fn_limits: RewardFnLimits = RewardFnLimits()) -> None:
-        """Score with the reward model at `model_path`, or (`use_task_reward`) with `task`'s reward.
+                   reward_fn_fallback: float = 0.0, reward_fn_limits: RewardFnLimits = RewardFnLimits(),
+                   server: RewardServerSpec | None = None) -> None:
+        """Score with the reward model at `model_path`, with `task`'s reward (`use_task_reward`), or with
+        the reward service `server`.
 
         With a `task`, its verifier also yields `gold_B` for metrics either way.
         """
         if use_task_reward and task is None:
             raise ValueError("reward.use_task_reward=true needs a task (e.g. task=arithmetic)")
-        if not use_task_reward and not model_path:
-            raise ValueError("the reward role needs a reward model path, or use_task_reward=true with a task")
+        if not use_task_reward and not model_path and server is None:
+            raise ValueError("the reward role needs a reward model path, use_task_reward=true with a task, "
+                             "or a reward server")
         if task is not None:
             task_obj = get_task(task, **(task_kwargs or {}))
             self.verifier = RewardFunctionRunner(task_obj.reward, reward_fn_timeout_s, reward_fn_fallback,
                                                  reward_fn_limits)
             if use_task_reward:
                 self.rule = self.verifier
-        if not use_task_reward:
+        if server is not None:
+            self.server = RewardServerClient(server)
+        elif not use_task_reward:
             from rlhf.engine import InferenceEngine
 
             self.engine = InferenceEngine(load_reward_model(model_path, options), engine_cfg, micro_batch_size)
@@ -61,6 +69,11 @@ class RewardWorker(BaseWorker):
             failures_B = torch.tensor(self.verifier.failure_codes(), dtype=torch.long)
         if self.rule is not None:
             return {"scores_B": gold_B.clone(), "gold_B": gold_B, "fn_failures_B": failures_B}
+        if self.server is not None:  # its unscored rows, not the verifier's, are the reward's failures
+            scores_B = torch.tensor(self.server(batch.prompts or [""] * len(batch), batch.responses,
+                                                batch.references), dtype=torch.float32)
+            return {"scores_B": scores_B, "gold_B": gold_B,
+                    "fn_failures_B": torch.tensor(self.server.failure_codes(), dtype=torch.long)}
         scores_B = forward_in_chunks(
             batch, self.forward_batch_size, self.engine.cfg.zero_stage == 3, self.device,
             lambda micro: reward_scores(self.engine.module, micro.input_ids_BS, micro.attention_mask_BS))
@@ -68,9 +81,14 @@ class RewardWorker(BaseWorker):
 
     @dispatch(Dispatch.ALL)
     def reward_fn_stats(self) -> dict:
-        """Failures of the rule-based reward function on this rank (errors, timeouts, non-finite)."""
-        stats = self.verifier.stats if self.verifier is not None else None
-        if stats is None:
-            return {"errors": 0, "timeouts": 0, "non_finite": 0, "examples": []}
-        return {"errors": stats.errors, "timeouts": stats.timeouts, "non_finite": stats.non_finite,
-                "examples": list(stats.examples)}
+        """Failures on this rank (errors, timeouts, non-finite) of the rule-based reward function and of
+        the reward server, summed; `server_requests` counts the server's POSTs (retries included)."""
+        out = {"errors": 0, "timeouts": 0, "non_finite": 0, "examples": []}
+        for source in (self.verifier, self.server):
+            if source is not None:
+                for kind in ("errors", "timeouts", "non_finite"):
+                    out[kind] += getattr(source.stats, kind)
+                out["examples"] += list(source.stats.examples)
+        if self.server is not None:
+            out["server_requests"] = self.server.requests
+        return out

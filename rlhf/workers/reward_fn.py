@@ -41,8 +41,8 @@ class RewardFnStats:
     non_finite: int = 0
     examples: list[str] = field(default_factory=list)  # first few failure descriptions
 
-    def record(self, kind: str, description: str) -> None:
-        setattr(self, kind, getattr(self, kind) + 1)
+    def record(self, kind: str, description: str, count: int = 1) -> None:
+        setattr(self, kind, getattr(self, kind) + count)
         if len(self.examples) < 5:
             self.examples.append(description)
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
@@ -253,3 +254,64 @@ def test_gsm8k_qwen05b_smoke_on_cpu(quickstart, tmp_path):
             "ppo.algorithm.update.micro_batch_size=2", "ppo.engines.forward_micro_batch_size=8",
             "ppo.trainer.total_steps=2", "ppo.rollout.engine=hf"))  # the recipe's vllm is a GPU setting
     assert json.loads((tmp_path / "summary.json").read_text())["ppo"]["steps"] == 2
+
+
+class _ArithmeticJudge(BaseHTTPRequestHandler):
+    """A reward service: 2·[response is the gold answer] − 0.5 per row; `/wrong_count` drops a score,
+    the first request to `/flaky` gets HTTP 503."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.paths.append(self.path)
+        if self.path == "/flaky" and self.server.paths.count("/flaky") == 1:
+            self.send_response(503)
+            self.end_headers()
+            return
+        scores = [2.0 * (r.strip() == str(ref)) - 0.5 for r, ref in zip(request["responses"], request["references"])]
+        body = json.dumps({"scores": scores[:-1] if self.path == "/wrong_count" else scores}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def judge():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ArithmeticJudge)
+    server.daemon_threads, server.paths = True, []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_ppo_scores_with_a_reward_server_and_stops_on_one_that_mis_scores(quickstart, tmp_path, judge):
+    """Issue 15 §3 through the real command: GRPO's scores come from an HTTP service (a 503 retried,
+    not counted); a service that returns the wrong number of scores fails every row, counted and
+    named, and the run stops instead of training on fallback scores."""
+    url = f"http://127.0.0.1:{judge.server_address[1]}"
+    for part in ("data", "base", "sft"):
+        shutil.copytree(quickstart / part, tmp_path / "run" / part)
+        shutil.copytree(quickstart / part, tmp_path / "bad" / part)
+    args = ["recipe=quickstart_grpo", "stages=[ppo]", "logging=quiet", "ppo.reward_role.use_task_reward=false",
+            "ppo.reward_role.server_backoff_s=0", "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4",
+            "ppo.algorithm.update.micro_batch_size=4", "ppo.engines.forward_micro_batch_size=8",
+            "ppo.data.max_eval_prompts=8", "prepare.task_kwargs.num_train_prompts=200",
+            "prepare.task_kwargs.num_eval_prompts=16"]
+    ok(rlhf(*args, f"run_dir={tmp_path / 'run'}", f"ppo.reward_role.server_url={url}/flaky"))
+    steps = [r for r in records(tmp_path / "run") if r["stage"] == "ppo" and "reward/mean" in r]
+    assert len(steps) == 2
+    for r in steps:  # every row's score is the server's: 2·gold − 0.5, none a fallback
+        assert r["reward/mean"] == pytest.approx(2 * r["gold/mean"] - 0.5)
+        assert r["reward/fn_errors"] == 0 and r["reward/fn_failure_frac"] == 0
+    assert judge.paths.count("/flaky") == 2 + 2 * 2 + 1  # 2 steps, 2 evaluations × (greedy, sampled), 1 retry
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["ppo"]
+    assert summary["reward_fn_errors"] == 0
+
+    bad = rlhf(*args, f"run_dir={tmp_path / 'bad'}", f"ppo.reward_role.server_url={url}/wrong_count")
+    assert bad.returncode != 0
+    assert "the reward server failed on 100% of 16 rows (errors 16" in bad.stderr
+    assert "returned 15 scores for 16 rows" in bad.stderr

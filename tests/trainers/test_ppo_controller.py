@@ -422,3 +422,20 @@ def test_sigterm_stops_after_the_step_in_flight_with_a_checkpoint_and_resume_fin
     assert groups2["actor"].workers[0].updates == [1, 2, 3, 4]
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4]
+
+
+def test_the_sampled_evaluation_averages_over_several_samples_of_every_prompt(tmp_path):
+    trainer, _, groups = make(tmp_path, trainer__eval_samples_per_prompt=3)
+    reward = groups["reward"].workers[0]
+    sizes, score = [], reward.score
+
+    def recording_score(batch):
+        sizes.append(len(batch))
+        out = score(batch)
+        out["gold_B"] = (torch.arange(len(batch)) < 3).float()  # the first prompt's samples are right
+        return out
+
+    reward.score = recording_score
+    out = trainer.evaluate(0)
+    assert sizes == [4, 12]  # greedy: one per prompt; sampled: 3 per prompt
+    assert out["eval/gold_greedy"] == pytest.approx(3 / 4) and out["eval/gold_sampled"] == pytest.approx(3 / 12)
