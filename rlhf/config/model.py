@@ -48,3 +48,6 @@ class ModelConfig:
     path: str = ""  # HF directory or hub name of the weights (required where the role is used)
     tokenizer_path: str | None = None  # HF directory or hub name of the tokenizer; null = `path`
     options: ModelOptions = field(default_factory=ModelOptions)
+    # Read for the reward model only, when its tokenizer is not the actor's (rlhf/data/retokenize.py): its
+    # chat template for chat-message prompts only (null), for plain prompts too (true), or never (false).
+    use_chat_template: bool | None = None

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from rlhf.config.algorithm import invalid
 from rlhf.config.ppo import PPOConfig
-from rlhf.config.supervised import RMConfig, SFTConfig
+from rlhf.config.supervised import DPOConfig, RMConfig, SFTConfig
 
-STAGES = ("prepare", "sft", "rm", "ppo")  # every stage the pipeline knows, in the only order they can run
+STAGES = ("prepare", "sft", "rm", "dpo", "ppo")  # every stage the pipeline knows, in the only order they can run
 TINY_ARCHS = ("llama", "gpt2")  # rlhf.models.tiny architectures
 
 
@@ -90,6 +90,7 @@ class RunConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rm: RMConfig = field(default_factory=RMConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
-"""Configs of the supervised stages: SFT (next-token loss on responses) and reward-model training
-(Bradley–Terry on preference pairs). Both train one role — a worker group of DeepSpeed ranks — so
-they share `SupervisedTrainerConfig` for the run itself.
+"""Configs of the supervised stages: SFT (next-token loss on responses), reward-model training
+(Bradley–Terry on preference pairs) and DPO (preference optimisation of the policy itself). Each trains
+one role — a worker group of DeepSpeed ranks — so they share `SupervisedTrainerConfig` for the run itself.
 """
 from __future__ import annotations
 
@@ -143,6 +143,42 @@ class RMConfig:
         _require_paths(self.model, self.data)
         if self.calibration_bins < 1:
             invalid("rm", "calibration_bins", self.calibration_bins, "an int >= 1")
+        self.placement.validate("placement")
+        self.trainer.grad_accum_steps(self.placement.world_size)
+
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo")  # rlhf/algorithms/preference.py
+
+
+@dataclass
+class DPOConfig:
+    """Direct preference optimisation: the policy learns from preference pairs against a frozen
+    reference (rlhf/algorithms/preference.py has the losses), with no reward model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)  # the policy (a causal LM, usually the SFT model)
+    reference: ModelConfig = field(default_factory=ModelConfig)  # frozen; null path = model.path
+    data: SupervisedDataConfig = field(default_factory=SupervisedDataConfig)  # pairs: prompt/chosen/rejected
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(lr=5e-7))
+    placement: RolePlacement = field(default_factory=RolePlacement)
+    use_gpu: bool = True
+    trainer: SupervisedTrainerConfig = field(default_factory=SupervisedTrainerConfig)
+    beta: float = 0.1  # strength of the implicit KL to the reference; > 0
+    loss_type: str = "sigmoid"  # one of DPO_LOSS_TYPES
+    label_smoothing: float = 0.0  # conservative DPO: the probability a label is flipped; in [0, 0.5)
+    gold_eval: GoldEvalConfig = field(default_factory=GoldEvalConfig)  # greedy gold accuracy before and after
+    expectations: dict[str, Expectation] = field(default_factory=dict)
+
+    def reference_path(self) -> str:
+        return self.reference.path or self.model.path
+
+    def validate(self) -> None:
+        _require_paths(self.model, self.data)
+        if not self.beta > 0:
+            invalid("dpo", "beta", self.beta, "> 0")
+        if self.loss_type not in DPO_LOSS_TYPES:
+            invalid("dpo", "loss_type", self.loss_type, f"one of {list(DPO_LOSS_TYPES)}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            invalid("dpo", "label_smoothing", self.label_smoothing, "in [0, 0.5)")
         self.placement.validate("placement")
         self.trainer.grad_accum_steps(self.placement.world_size)
 

@@ -25,7 +25,7 @@ _TOKEN_FIELDS_BT = (
 )
 _SEQUENCE_FIELDS_BS = ("input_ids_BS", "attention_mask_BS")
 _ROW_FIELDS_B = ("scores_B", "gold_B", "group_ids_B", "truncated_B")
-_LIST_FIELDS = ("prompts", "responses", "references")
+_LIST_FIELDS = ("prompts", "raw_prompts", "responses", "references")
 
 
 @dataclass
@@ -58,6 +58,9 @@ class RolloutBatch:
     rollout_logprobs_BT: torch.Tensor | None = None
     # --- text, per sequence ----------------------------------------------------------------------
     prompts: list[str] | None = None  # B prompt strings (as given to the tokenizer)
+    # B prompts as the dataset gave them (a string or chat messages; None where truncated): what a reward
+    # model with its own tokenizer and chat template re-encodes (rlhf/data/retokenize.py). Set by the controller.
+    raw_prompts: list[Any] | None = None
     responses: list[str] | None = None  # B decoded responses (special tokens stripped)
     references: list[Any] | None = None  # B task references (e.g. gold answers) for rule rewards
     extra: dict[str, Any] = field(default_factory=dict)  # small per-batch scalars only, never tensors

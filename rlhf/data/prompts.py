@@ -28,6 +28,7 @@ class PromptExample:
     prompt: str  # prompt text as given to the tokenizer (chat template applied if any)
     input_ids: list[int]  # [L] prompt token ids, after any truncation
     reference: Any = None  # gold answer / reference for rule rewards, if the data has one
+    raw_prompt: Any = None  # the row's prompt as given (string or chat messages); None when truncated
 
 
 class PromptDataset(EncodedDataset):
@@ -77,7 +78,7 @@ class PromptDataset(EncodedDataset):
         ids = tokenize(tokenizer, texts, [not t for t in templated])
 
         self.examples: list[PromptExample] = []
-        for i, (text, input_ids) in enumerate(zip(texts, ids)):
+        for i, (text, input_ids, raw) in enumerate(zip(texts, ids, prompts)):
             if not input_ids:
                 raise rows.error(i, prompt_key, "expected a prompt with at least one token, got none")
             if max_prompt_len is not None and len(input_ids) > max_prompt_len:
@@ -87,10 +88,11 @@ class PromptDataset(EncodedDataset):
                 if self.overlong == "drop":
                     self.stats.dropped_rows.append(i)
                     continue
-                input_ids = input_ids[-max_prompt_len:]
+                input_ids, raw = input_ids[-max_prompt_len:], None
                 self.stats.truncated_rows.append(i)
             reference = references[i] if references is not None else None
-            self.examples.append(PromptExample(index=i, prompt=text, input_ids=input_ids, reference=reference))
+            self.examples.append(PromptExample(index=i, prompt=text, input_ids=input_ids, reference=reference,
+                                               raw_prompt=raw))
         self._finish(rows.source, "prompts", f"max_prompt_len={max_prompt_len}", field=prompt_key)
 
     def collate(self, examples: Sequence[PromptExample]) -> PromptBatch:

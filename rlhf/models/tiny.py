@@ -53,6 +53,44 @@ def build_tiny_tokenizer(out_dir: str | Path, alphabet: str = ARITHMETIC_ALPHABE
     return hf_tokenizer
 
 
+# A second family's conventions (ChatML turns, one end-of-text token as EOS and pad), for a tokenizer that
+# differs from the character-level one in every id: a reward model "from another family" in tests.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_bpe_tokenizer(out_dir: str | Path, vocab_size: int = 400, padding_side: str = "right"):
+    """Train a byte-level BPE with real merges on arithmetic text (offline) and save it as an HF tokenizer.
+
+    Unlike `build_tiny_tokenizer`, a number is usually one or two tokens ("58", "+5" merged), the special
+    tokens are `<|endoftext|>` (EOS and pad; no BOS), `<|im_start|>` and `<|im_end|>`, and the chat
+    template is ChatML: no id means the same in the two. Returns the loaded `PreTrainedTokenizerFast`.
+    """
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(0)
+    corpus = [f"{a}+{b}={a + b}" for a, b in ((rng.randrange(100), rng.randrange(100)) for _ in range(4000))]
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(corpus + ["user assistant system\n"], trainer=trainer)
+    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
+                                           pad_token="<|endoftext|>", padding_side=padding_side,
+                                           chat_template=CHATML_TEMPLATE)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf_tokenizer.save_pretrained(out_dir)
+    return hf_tokenizer
+
+
 # Architecture name → (config class name, the config field names for width/depth/heads/context).
 _TINY_ARCHS = {
     "llama": ("LlamaConfig", "hidden_size", "num_hidden_layers", "num_attention_heads",

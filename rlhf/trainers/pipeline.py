@@ -45,7 +45,7 @@ from rlhf.distributed.placement import PlacementPlan, plan_placement, plan_roles
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STAGES = ("sft", "rm", "ppo")
+TRAINER_STAGES = ("sft", "rm", "dpo", "ppo")
 PREPARE_SPEC = "prepare.json"  # written next to prepared outputs: the settings they were made with
 
 
@@ -94,12 +94,14 @@ def stage_inputs(cfg: RunConfig, stage: str) -> dict[str, str]:
     """Field name → path (or hub name) of every model and data source `stage` reads."""
     if stage == "prepare":
         return {}
-    if stage in ("sft", "rm"):
+    if stage in ("sft", "rm", "dpo"):
         section = getattr(cfg, stage)
         fields = {"model.path": section.model.path, "model.tokenizer_path": section.model.tokenizer_path,
                   "data.train": section.data.train, "data.eval": section.data.eval}
-        if stage == "sft":
+        if stage in ("sft", "dpo"):
             fields["gold_eval.prompts"] = section.gold_eval.prompts
+        if stage == "dpo":
+            fields["reference.path"] = section.reference.path
     else:
         ppo = cfg.ppo
         fields = {"actor.path": ppo.actor.path, "actor.tokenizer_path": ppo.actor.tokenizer_path,
@@ -230,6 +232,8 @@ def preflight(cfg: RunConfig) -> Preflight:
     if cfg.resume and not cfg.dry_run:
         _check_resume(cfg, run_dir, to_run)
     _check_data(cfg, run_dir, decisions)
+    if "ppo" in to_run:
+        _check_tokenizers(cfg)
     _check_reward_norm(cfg, run_dir, to_run)
     if cfg.ppo.placement.cluster:
         report.cluster, report.cluster_source = list(cfg.ppo.placement.cluster), "described (ppo.placement.cluster)"
@@ -239,7 +243,7 @@ def preflight(cfg: RunConfig) -> Preflight:
         report.cluster, report.cluster_source = local_cluster(), "this machine"
     cluster = report.cluster or None
     for stage in to_run:
-        if stage in ("sft", "rm"):
+        if stage in ("sft", "rm", "dpo"):
             section = getattr(cfg, stage)
             report.plans[stage] = plan_roles({stage: section.placement}, section.use_gpu, cluster)
         elif stage == "ppo":
@@ -262,9 +266,9 @@ def _validate_stage(cfg: RunConfig, stage: str) -> None:
     tasks = []  # (field of the task name, field of its kwargs, name, kwargs)
     if stage == "ppo":
         tasks.append(("ppo.task.name", "ppo.task.kwargs", cfg.ppo.task.name, cfg.ppo.task.kwargs))
-    if stage == "sft" and cfg.sft.gold_eval.prompts:
-        g = cfg.sft.gold_eval
-        tasks.append(("sft.gold_eval.task", "sft.gold_eval.task_kwargs", g.task, g.task_kwargs))
+    if stage in ("sft", "dpo") and getattr(cfg, stage).gold_eval.prompts:
+        g = getattr(cfg, stage).gold_eval
+        tasks.append((f"{stage}.gold_eval.task", f"{stage}.gold_eval.task_kwargs", g.task, g.task_kwargs))
     for name_field, kwargs_field, name, kwargs in tasks:
         if name:
             try:
@@ -316,6 +320,17 @@ def _check_resume(cfg: RunConfig, run_dir: Path, to_run: list[str]) -> None:
         fields = ",".join(c.split(":")[0] for c in changes)
         raise PipelineError(f"resume=true, but this would not continue the run in {run_dir} exactly: {listed}. "
                             f"Accept the change(s) with resume_allow_changes=[{fields}], or start a fresh run_dir")
+
+
+def _check_tokenizers(cfg: RunConfig) -> None:
+    """PPO's critic and reference share the actor's tokenizer (those that exist already are compared)."""
+    from rlhf.data.sources import DataError
+    from rlhf.trainers.role_tokenizers import check_role_tokenizers
+
+    try:
+        check_role_tokenizers(cfg.ppo, local_only=True)
+    except DataError as exc:
+        raise PipelineError(str(exc)) from None
 
 
 def _check_data(cfg: RunConfig, run_dir: Path, decisions: list[StageDecision]) -> None:
@@ -418,6 +433,10 @@ def run_stage(cfg: RunConfig, stage: str, run_dir: Path, resume: bool) -> dict:
         from rlhf.trainers.supervised import run_rm
 
         return run_rm(cfg.rm, run_dir, resume=resume)
+    if stage == "dpo":
+        from rlhf.trainers.dpo import run_dpo
+
+        return run_dpo(cfg.dpo, run_dir, resume=resume)
     from rlhf.trainers.ppo_stage import run_ppo
 
     if cfg.ppo_reward_norm_from_rm:

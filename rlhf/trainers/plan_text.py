@@ -44,7 +44,7 @@ def describe_plan(cfg: RunConfig, report: Preflight) -> str:
 
 
 def _engines(cfg: RunConfig, stage: str) -> dict:
-    if stage in ("sft", "rm"):
+    if stage in ("sft", "rm", "dpo"):
         return {stage: getattr(cfg, stage).engine}
     return {role: getattr(cfg.ppo.engines, role) for role in cfg.ppo.roles()}
 

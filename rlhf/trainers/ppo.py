@@ -176,6 +176,7 @@ class PPOTrainer:
         batch = self.groups["actor"].call("generate", [(list(e.input_ids), e.reference) for e in examples], params)
         # Each rank numbered its own prompts: renumber globally (rows keep prompt-major order).
         batch.group_ids_B = torch.arange(len(examples)).repeat_interleave(params.n)
+        batch.raw_prompts = _raw_prompts(examples, params.n)
         if self.cfg.rollout.recompute(self.cfg.engines.actor.dtype):
             self._recompute_old_logprobs(batch)
         return batch
@@ -300,6 +301,7 @@ class PPOTrainer:
                                                         n=self.cfg.trainer.eval_samples_per_prompt,
                                                         temperature=temperature))):
             batch = self.groups["actor"].call("generate", items, params)
+            batch.raw_prompts = _raw_prompts(self.eval_prompts, params.n)
             scored = self.groups["reward"].call("score", batch)
             scores_B, gold_B = scored["scores_B"].float(), scored["gold_B"].float()  # the monitor reads the last: sampled
             out.update({k.replace("eval/fn_", f"eval/reward_fn_{name}_"): v
@@ -477,3 +479,8 @@ def _mix(*parts: int) -> int:
 
 def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
+
+
+def _raw_prompts(examples, n: int) -> list:
+    """Each example's prompt as the dataset gave it (None where unknown), repeated for its n samples."""
+    return [getattr(e, "raw_prompt", None) for e in examples for _ in range(n)]

@@ -60,7 +60,8 @@ def init_models(cfg: PPOConfig, groups) -> None:
         task_kwargs=dict(cfg.task.kwargs), use_task_reward=cfg.reward_role.use_task_reward,
         reward_fn_timeout_s=cfg.reward_role.fn_timeout_s, reward_fn_fallback=cfg.reward_role.fn_fallback,
         reward_fn_limits=RewardFnLimits(cfg.reward_role.fn_memory_mb, cfg.reward_role.fn_cpu_s),
-        server=reward_server_spec(cfg.reward_role)))
+        server=reward_server_spec(cfg.reward_role), tokenizer_path=cfg.reward.tokenizer_path,
+        actor_tokenizer_path=tokenizer or cfg.actor.path, use_chat_template=cfg.reward.use_chat_template))
     for call in pending:
         call.result()
     max_model_len = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens
@@ -74,3 +75,4 @@ def reward_server_spec(role) -> RewardServerSpec | None:
     return RewardServerSpec(url=role.server_url, timeout_s=role.server_timeout_s, max_retries=role.server_max_retries,
                             backoff_s=role.server_backoff_s, batch_size=role.server_batch_size,
                             max_concurrency=role.server_concurrency, fallback=role.fn_fallback)
+

@@ -79,8 +79,10 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, stage: st
     from rlhf.distributed.worker_group import WorkerDiedError, WorkerTimeoutError
     from rlhf.trainers.metrics import write_summary
     from rlhf.trainers.ppo_setup import start_worker_groups
+    from rlhf.trainers.role_tokenizers import check_role_tokenizers
 
     cfg.validate()
+    check_role_tokenizers(cfg)
     train, evaluation = load_prompts(cfg)
     init_ray()
     restarts = 0

@@ -57,13 +57,19 @@ def stage_sources(cfg, stage: str) -> list[Source]:
                 Field("sft.gold_eval.prompt_key", g.prompt_key, "text_or_messages"),
                 Field("sft.gold_eval.reference_key", g.reference_key, "any", " (the verifier scores against it)"))))
         return sources
-    if stage == "rm":
-        d = cfg.rm.data
-        fields = (Field("rm.data.prompt_key", d.prompt_key, "text_or_messages"),
-                  Field("rm.data.chosen_key", d.chosen_key, "text_or_messages"),
-                  Field("rm.data.rejected_key", d.rejected_key, "text_or_messages"))
-        return [Source(f"rm.data.{name}", path, split, fields=fields)
-                for name, path, split in (("train", d.train, d.train_split), ("eval", d.eval, d.eval_split))]
+    if stage in ("rm", "dpo"):
+        d = getattr(cfg, stage).data
+        fields = (Field(f"{stage}.data.prompt_key", d.prompt_key, "text_or_messages"),
+                  Field(f"{stage}.data.chosen_key", d.chosen_key, "text_or_messages"),
+                  Field(f"{stage}.data.rejected_key", d.rejected_key, "text_or_messages"))
+        sources = [Source(f"{stage}.data.{name}", path, split, fields=fields)
+                   for name, path, split in (("train", d.train, d.train_split), ("eval", d.eval, d.eval_split))]
+        g = getattr(cfg, stage, None) and getattr(getattr(cfg, stage), "gold_eval", None)
+        if g is not None and g.prompts:
+            sources.append(Source(f"{stage}.gold_eval.prompts", g.prompts, g.split, fields=(
+                Field(f"{stage}.gold_eval.prompt_key", g.prompt_key, "text_or_messages"),
+                Field(f"{stage}.gold_eval.reference_key", g.reference_key, "any", " (the verifier scores against it)"))))
+        return sources
     if stage == "ppo":
         d = cfg.ppo.data
         fields = [Field("ppo.data.prompt_key", d.prompt_key, "text_or_messages")]

@@ -39,6 +39,7 @@ class SupervisedTrainer:
 
     stage = "supervised"
     plot_keys: list[str] = []
+    state_cls = SupervisedState  # what controller.json holds (a subclass may add fields)
 
     def __init__(self, cfg, group, train_set, eval_set, *, run_dir: str | Path, stage: str | None = None) -> None:
         self.cfg, self.group = cfg, group
@@ -49,7 +50,7 @@ class SupervisedTrainer:
         trainer = cfg.trainer
         self.checkpoints = CheckpointManager(self.stage_dir / "checkpoints", trainer.keep_last)
         self.sampler = ResumableSampler(len(train_set), trainer.batch_size, seed=trainer.seed, drop_last=True)
-        self.state = SupervisedState()
+        self.state = self.state_cls()
 
     def fit(self, resume: bool = False) -> dict[str, float]:
         trainer = self.cfg.trainer
@@ -59,6 +60,7 @@ class SupervisedTrainer:
                                 progress=trainer.progress, resume_step=resume_step,
                                 progress_keys=("loss", "accuracy", "eval/loss"),
                                 console_every=max(1, trainer.total_steps // 20))
+        self.on_start()
         with metrics, preemption.handling():
             while self.state.step < trainer.total_steps:
                 step = self.state.step + 1
@@ -73,6 +75,9 @@ class SupervisedTrainer:
                 if preemption.requested() and step < trainer.total_steps:  # rlhf/trainers/preemption.py
                     raise preemption.Preempted(self.stage, step, saved or self.save_checkpoint())
         return self.finish()
+
+    def on_start(self) -> None:
+        """Called once the run is restored (or fresh), before its first step of this invocation."""
 
     def _due(self, step: int, every: int) -> bool:
         return step == self.cfg.trainer.total_steps or (every > 0 and step % every == 0)
@@ -102,7 +107,7 @@ class SupervisedTrainer:
         if latest is None:
             return False
         self.group.call("load_checkpoint", str(latest / "model"))
-        self.state = SupervisedState(**json.loads((latest / "controller.json").read_text()))
+        self.state = self.state_cls(**json.loads((latest / "controller.json").read_text()))
         self.sampler.load_state_dict(self.state.sampler)
         return True
 
@@ -222,7 +227,7 @@ def _datasets(cfg, dataset_cls, **keys):
     return train, evaluation
 
 
-def _start_group(cfg, role: str, worker_cls):
+def _start_group(cfg, role: str, worker_cls, **init_kwargs):
     from rlhf.distributed.placement import cluster_from_ray, plan_roles
     from rlhf.distributed.worker_group import RoleGroups
     from rlhf.trainers.ppo_stage import init_ray
@@ -234,7 +239,7 @@ def _start_group(cfg, role: str, worker_cls):
     try:
         accum = cfg.trainer.grad_accum_steps(cfg.placement.world_size)
         groups[role].call("init_model", cfg.model.path, cfg.model.options, cfg.engine,
-                          cfg.trainer.micro_batch_size, accum, cfg.model.tokenizer_path)
+                          cfg.trainer.micro_batch_size, accum, cfg.model.tokenizer_path, **init_kwargs)
     except BaseException:
         groups.shutdown()
         raise

@@ -12,7 +12,8 @@ import torch
 
 from rlhf.config.engine import EngineConfig
 from rlhf.data.batch import RolloutBatch
-from rlhf.models import ModelOptions, load_reward_model, reward_scores
+from rlhf.data.retokenize import Retokenizer, same_tokenizer
+from rlhf.models import ModelOptions, load_reward_model, load_tokenizer, reward_scores
 from rlhf.tasks import get_task
 from rlhf.workers.base import BaseWorker, Dispatch, dispatch
 from rlhf.workers.inference import forward_in_chunks
@@ -25,17 +26,22 @@ class RewardWorker(BaseWorker):
     rule = None
     verifier = None
     server = None
+    retokenizer = None  # set when the reward model's tokenizer is not the actor's
 
     @dispatch(Dispatch.ALL)
     def init_model(self, model_path: str | None, options: ModelOptions, engine_cfg: EngineConfig,
                    micro_batch_size: int, task: str | None = None, task_kwargs: dict | None = None,
                    use_task_reward: bool = False, reward_fn_timeout_s: float = 10.0,
                    reward_fn_fallback: float = 0.0, reward_fn_limits: RewardFnLimits = RewardFnLimits(),
-                   server: RewardServerSpec | None = None) -> None:
+                   server: RewardServerSpec | None = None, tokenizer_path: str | None = None,
+                   actor_tokenizer_path: str | None = None, use_chat_template: bool | None = None) -> None:
         """Score with the reward model at `model_path`, with `task`'s reward (`use_task_reward`), or with
         the reward service `server`.
 
-        With a `task`, its verifier also yields `gold_B` for metrics either way.
+        With a `task`, its verifier also yields `gold_B` for metrics either way. When the reward model's
+        tokenizer (`tokenizer_path`, default `model_path`) is not the actor's (`actor_tokenizer_path`), rows
+        are re-encoded in the reward model's tokens (and chat template) before scoring; else the actor's
+        ids are scored as they are.
         """
         if use_task_reward and task is None:
             raise ValueError("reward.use_task_reward=true needs a task (e.g. task=arithmetic)")
@@ -55,6 +61,10 @@ class RewardWorker(BaseWorker):
 
             self.engine = InferenceEngine(load_reward_model(model_path, options), engine_cfg, micro_batch_size)
             self.forward_batch_size = micro_batch_size
+            if actor_tokenizer_path is not None:
+                self.retokenizer = reward_retokenizer(
+                    actor_tokenizer_path, tokenizer_path or model_path, use_chat_template,
+                    getattr(self.engine.module.config, "max_position_embeddings", None), options.trust_remote_code)
 
     @dispatch(Dispatch.SPLIT)
     def score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
@@ -74,6 +84,9 @@ class RewardWorker(BaseWorker):
                                                 batch.references), dtype=torch.float32)
             return {"scores_B": scores_B, "gold_B": gold_B,
                     "fn_failures_B": torch.tensor(self.server.failure_codes(), dtype=torch.long)}
+        if self.retokenizer is not None:
+            ids_BS, mask_BS = self.retokenizer(batch)
+            batch = RolloutBatch(input_ids_BS=ids_BS, attention_mask_BS=mask_BS, mask_BT=torch.zeros(len(ids_BS), 0))
         scores_B = forward_in_chunks(
             batch, self.forward_batch_size, self.engine.cfg.zero_stage == 3, self.device,
             lambda micro: reward_scores(self.engine.module, micro.input_ids_BS, micro.attention_mask_BS))
@@ -92,3 +105,15 @@ class RewardWorker(BaseWorker):
         if self.server is not None:
             out["server_requests"] = self.server.requests
         return out
+
+
+def reward_retokenizer(actor_tokenizer_path: str, rm_tokenizer_path: str, use_chat_template: bool | None,
+                       max_len: int | None, trust_remote_code: bool = False) -> Retokenizer | None:
+    """A Retokenizer from the actor's tokens to the reward model's, or None when they are the same
+    tokenizer (and no chat template of the reward model's own is asked for)."""
+    actor = load_tokenizer(actor_tokenizer_path, trust_remote_code=trust_remote_code)
+    rm = load_tokenizer(rm_tokenizer_path, padding_side="right", trust_remote_code=trust_remote_code)
+    own_template = use_chat_template is True and getattr(rm, "chat_template", None) != getattr(actor, "chat_template", None)
+    if same_tokenizer(actor, rm) and not own_template:
+        return None
+    return Retokenizer(actor, rm, use_chat_template, max_len)

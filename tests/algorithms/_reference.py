@@ -435,3 +435,19 @@ def adaptive_kl_values(init_kl_coef, target, horizon, updates):
         value = value * (1.0 + error * n_steps / horizon)
         history.append(value)
     return history
+
+
+def dpo_loss(pc, pr, rc, rr, beta, loss_type, label_smoothing, num_pairs=None):
+    """Slow DPO: one pair at a time (lists of floats) → (loss, margins mean, accuracies mean)."""
+    total, margins, wins = 0.0, 0.0, 0.0
+    for a, b, c, d in zip(pc, pr, rc, rr):
+        delta = (a - c) - (b - d)
+        if loss_type == "sigmoid":
+            h = beta * delta
+            total += (1 - label_smoothing) * sigmoid_neg_log(h) + label_smoothing * sigmoid_neg_log(-h)
+        else:
+            total += (delta - 1 / (2 * beta)) ** 2
+        margins += beta * delta
+        wins += 1.0 if beta * (a - c) > beta * (b - d) else 0.0
+    n = len(pc)
+    return total / (n if num_pairs is None else num_pairs), margins / n, wins / n

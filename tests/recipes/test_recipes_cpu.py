@@ -4,6 +4,7 @@ real-model recipes with model and data swapped for tiny ones by overrides (as th
 Each `rlhf` process starts its own local Ray on loopback (~5 s) plus DeepSpeed engines."""
 import ipaddress
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -315,3 +316,82 @@ def test_ppo_scores_with_a_reward_server_and_stops_on_one_that_mis_scores(quicks
     assert bad.returncode != 0
     assert "the reward server failed on 100% of 16 rows (errors 16" in bad.stderr
     assert "returned 15 scores for 16 rows" in bad.stderr
+
+
+def test_a_reward_model_with_another_tokenizer_scores_the_decoded_text(quickstart, tmp_path):
+    """Issue 15 §1 through the real command: a reward model whose tokenizer is a BPE with merges,
+    other special tokens and ChatML (not the actor's character-level one). The default critic (the
+    reward model) is refused before Ray starts, naming both tokenizers; with the critic from the actor's
+    family the run scores the re-encoded text: its initial greedy evaluation equals the reward model run
+    directly on the SFT model's greedy answers, encoded by the reward model's own tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.models import load_reward_model, load_tokenizer, reward_scores
+    from rlhf.models.tiny import build_tiny_bpe_tokenizer, build_tiny_reward_model
+
+    build_tiny_bpe_tokenizer(tmp_path / "bpe")
+    rm_dir = build_tiny_reward_model(tmp_path / "rm_bpe", tokenizer_dir=tmp_path / "bpe", num_layers=1,
+                                     hidden_size=32, num_heads=2, max_positions=64, initializer_range=0.5)
+    run_dir = tmp_path / "run"
+    for part in ("data", "base", "sft", "rm"):
+        shutil.copytree(quickstart / part, run_dir / part)
+    args = ["recipe=quickstart", f"run_dir={run_dir}", "stages=[ppo]", f"ppo.reward.path={rm_dir}",
+            "ppo_reward_norm_from_rm=false", *QUICKSTART_SMOKE]
+    refused = rlhf(*args, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert (f"ppo.critic: its tokenizer ({rm_dir}) is not the actor's ({run_dir}/sft/final): vocabulary sizes "
+            "differ (21 vs 400)") in refused.stderr and "ppo.critic.path is null" in refused.stderr
+
+    ok(rlhf(*args, f"ppo.critic.path={run_dir}/rm/final"))
+    initial = next(r for r in records(run_dir) if r["stage"] == "ppo" and r["step"] == 0)
+    actor, char = AutoModelForCausalLM.from_pretrained(run_dir / "sft" / "final").eval(), load_tokenizer(run_dir / "sft" / "final")
+    rm, bpe = load_reward_model(rm_dir).eval(), load_tokenizer(rm_dir, padding_side="right")
+    prompts = [json.loads(line)["prompt"] for line in (run_dir / "data" / "eval_prompts.jsonl").read_text().splitlines()[:8]]
+    scores = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = torch.tensor([char(prompt)["input_ids"]])
+            out = actor.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=6,
+                                 eos_token_id=char.eos_token_id, pad_token_id=char.pad_token_id)[0, ids.shape[1]:].tolist()
+            ended = char.eos_token_id in out
+            response = char.decode(out[:out.index(char.eos_token_id)] if ended else out, skip_special_tokens=True)
+            rm_ids = bpe(prompt)["input_ids"] + bpe(response, add_special_tokens=False)["input_ids"] + [bpe.eos_token_id] * ended
+            scores.append(float(reward_scores(rm, torch.tensor([rm_ids]), torch.ones(1, len(rm_ids), dtype=torch.long))[0]))
+    assert initial["eval/reward_greedy"] == pytest.approx(sum(scores) / len(scores), abs=1e-4)
+
+
+def test_quickstart_dpo_trains_on_pairs_against_the_sft_reference_and_resumes(quickstart, tmp_path):
+    """Issue 15 §4 through the real command: the DPO stage on the quickstart's SFT model and pairs. At
+    its first update the policy is the reference, so the loss is log 2 and the margins 0; the metrics
+    users know are logged; the gold accuracy before/after is in the summary; dpo/final is a plain HF
+    causal LM; resuming with more steps continues from the checkpoint and keeps the initial evaluation."""
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "run"
+    for part in ("data", "base", "sft"):
+        shutil.copytree(quickstart / part, run_dir / part)
+    args = ["recipe=quickstart_dpo", f"run_dir={run_dir}", "stages=[dpo]", "logging=quiet",
+            "dpo.trainer.batch_size=8", "dpo.trainer.micro_batch_size=4", "dpo.engine.warmup_steps=0",
+            "dpo.engine.total_steps=3",  # the schedule of the 3-step run, so resuming it with 3 steps is exact
+            "dpo.data.max_eval_rows=8", "dpo.gold_eval.max_prompts=8", "dpo.trainer.eval_every=1",
+            "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16",
+            "prepare.task_kwargs.num_train_pairs=64", "prepare.task_kwargs.num_eval_pairs=16"]
+    ok(rlhf(*args, "dpo.trainer.total_steps=2"))
+    steps = [r for r in records(run_dir) if r["stage"] == "dpo"]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and steps[0]["rewards/margins"] == pytest.approx(0, abs=1e-6)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "eval/loss",
+                "eval/rewards/margins", "eval/rewards/accuracies", "grad_norm", "lr"):
+        assert key in steps[1], key
+    summary = json.loads((run_dir / "summary.json").read_text())["dpo"]
+    assert summary["steps"] == 2 and summary["gold_eval_prompts"] == 8
+    assert summary["gold_accuracy_gain"] == pytest.approx(summary["gold_accuracy"] - summary["gold_accuracy_initial"])
+    assert "eval_rewards_accuracies" in summary and "expectations" in summary
+    AutoModelForCausalLM.from_pretrained(run_dir / "dpo" / "final")
+
+    result = ok(rlhf(*args, "dpo.trainer.total_steps=3", "resume=true"))
+    assert "stage dpo: resuming" in result.stderr
+    assert [r["step"] for r in records(run_dir) if r["stage"] == "dpo"] == [1, 2, 3]
+    resumed = json.loads((run_dir / "summary.json").read_text())["dpo"]
+    assert resumed["steps"] == 3 and resumed["gold_accuracy_initial"] == summary["gold_accuracy_initial"]
