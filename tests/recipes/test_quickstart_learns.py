@@ -1,6 +1,6 @@
 """The full quickstart, as the README's main command runs it, meets its recipe's learning targets.
 
-Slow (≈ 7–10 minutes on 2 cores): run with `python -m pytest -m slow`. The default suite runs the same
+Slow (≈ 8–13 minutes on 2 cores): run with `python -m pytest -m slow`. The default suite runs the same
 recipe for a few steps (tests/recipes/test_recipes_cpu.py). The run is strict (`strict_expectations=true`):
 a stage that misses `recipes/quickstart.yaml`'s expectations ends it with exit status 3.
 

@@ -4,7 +4,6 @@ real-model recipes with model and data swapped for tiny ones by overrides (as th
 Each `rlhf` process starts its own local Ray on loopback (~5 s) plus DeepSpeed engines."""
 import ipaddress
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -363,7 +362,7 @@ def test_a_reward_model_with_another_tokenizer_scores_the_decoded_text(quickstar
 
 def test_quickstart_dpo_trains_on_pairs_against_the_sft_reference_and_resumes(quickstart, tmp_path):
     """Issue 15 §4 through the real command: the DPO stage on the quickstart's SFT model and pairs. At
-    its first update the policy is the reference, so the loss is log 2 and the margins 0; the metrics
+    its first update the policy is the reference, so the IPO loss is 1/(2β)² and the margins 0; the metrics
     users know are logged; the gold accuracy before/after is in the summary; dpo/final is a plain HF
     causal LM; resuming with more steps continues from the checkpoint and keeps the initial evaluation."""
     from transformers import AutoModelForCausalLM
@@ -380,7 +379,8 @@ def test_quickstart_dpo_trains_on_pairs_against_the_sft_reference_and_resumes(qu
     ok(rlhf(*args, "dpo.trainer.total_steps=2"))
     steps = [r for r in records(run_dir) if r["stage"] == "dpo"]
     assert [r["step"] for r in steps] == [1, 2]
-    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and steps[0]["rewards/margins"] == pytest.approx(0, abs=1e-6)
+    # IPO (the recipe's loss) at Δ = 0 with β = 0.1: (0 − 1/(2β))² = 25
+    assert steps[0]["loss"] == pytest.approx(25.0, abs=1e-4) and steps[0]["rewards/margins"] == pytest.approx(0, abs=1e-6)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "eval/loss",
                 "eval/rewards/margins", "eval/rewards/accuracies", "grad_norm", "lr"):
         assert key in steps[1], key
