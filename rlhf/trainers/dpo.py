@@ -49,7 +49,13 @@ class DPOTrainer(SupervisedTrainer):
         loss, metrics = dpo_loss(lp["chosen_B"], lp["rejected_B"], lp["ref_chosen_B"], lp["ref_rejected_B"],
                                  beta=self.cfg.beta, loss_type=self.cfg.loss_type,
                                  label_smoothing=self.cfg.label_smoothing)
-        return {"eval/loss": float(loss), **{f"eval/{k}": float(v) for k, v in metrics.items()}}
+        out = {"eval/loss": float(loss), **{f"eval/{k}": float(v) for k, v in metrics.items()}}
+        right_B = (lp["chosen_B"] - lp["ref_chosen_B"]) > (lp["rejected_B"] - lp["ref_rejected_B"])
+        tags = [e.tag for e in self.eval_set]
+        for tag in sorted({t for t in tags if t is not None}):  # which near misses it still prefers (as rm.*)
+            rows = [i for i, t in enumerate(tags) if t == tag]
+            out[f"eval/accuracy/{tag}"] = float(right_B[rows].float().mean())
+        return out
 
     def final_summary(self, history: list[dict]) -> dict[str, float]:
         last = history[-1] if history else {}

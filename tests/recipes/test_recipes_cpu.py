@@ -388,6 +388,7 @@ def test_quickstart_dpo_trains_on_pairs_against_the_sft_reference_and_resumes(qu
     assert summary["steps"] == 2 and summary["gold_eval_prompts"] == 8
     assert summary["gold_accuracy_gain"] == pytest.approx(summary["gold_accuracy"] - summary["gold_accuracy_initial"])
     assert "eval_rewards_accuracies" in summary and "expectations" in summary
+    assert any(k.startswith("eval_accuracy_") for k in summary)  # per near-miss type, as the rm stage
     AutoModelForCausalLM.from_pretrained(run_dir / "dpo" / "final")
 
     result = ok(rlhf(*args, "dpo.trainer.total_steps=3", "resume=true"))
