@@ -311,6 +311,25 @@ def test_every_stage_s_data_is_checked_before_the_first_stage_trains(tmp_path, f
         preflight(cfg)
 
 
+@pytest.mark.parametrize("file, text, error", [
+    ("preferences_train.jsonl", '{"prompt": "1+1=", "chosen": "2"}\n',
+     r"dpo.data.train=\S*preferences_train.jsonl: no field 'rejected' \(dpo.data.rejected_key\)"),
+    ("eval_prompts.jsonl", '{"prompt": "1+1=", "gold": "2"}\n',
+     r"dpo.gold_eval.prompts=\S*eval_prompts.jsonl: no field 'answer' \(dpo.gold_eval.reference_key\)"),
+])
+def test_the_dpo_stage_s_pairs_and_gold_prompts_are_checked_at_preflight(tmp_path, file, text, error):
+    from rlhf.trainers.pipeline import PipelineError, preflight
+
+    run_dir = tmp_path / "run"
+    data = prepared_run_dir(run_dir)
+    (run_dir / "sft" / "final").mkdir(parents=True)  # the DPO policy's directory exists (not read here)
+    cfg = build_config("quickstart_dpo", [f"run_dir={run_dir}", "stages=[dpo]"])
+    preflight(cfg)
+    (data / file).write_text(text)
+    with pytest.raises(PipelineError, match=error):
+        preflight(cfg)
+
+
 def test_bad_ppo_data_stops_the_real_command_before_sft_starts(tmp_path):
     run_dir = tmp_path / "run"
     data = prepared_run_dir(run_dir)

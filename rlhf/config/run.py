@@ -1,5 +1,5 @@
 """The root config of one `rlhf` run: which recipe, which of its stages, where outputs go, and the
-config of every stage (`sft`, `rm`, `ppo`) plus the optional `prepare` step of the embedded default.
+config of every stage (`sft`, `rm`, `dpo`, `ppo`) plus the optional `prepare` step of the embedded default.
 
     rlhf recipe=quickstart stages=[rm,ppo] run_dir=outputs/q1 ppo.rollout.temperature=0.7
 
@@ -59,7 +59,7 @@ class PrepareConfig:
 
 @dataclass
 class RunConfig:
-    """One run of a recipe. Top-level fields are the pipeline's; `sft`, `rm`, `ppo` are the stages'."""
+    """One run of a recipe. Top-level fields are the pipeline's; `sft`, `rm`, `dpo`, `ppo` are the stages'."""
 
     recipe: str = ""  # the recipe name (recipes/<recipe>.yaml); set by the command line
     recipe_stages: list[str] = field(default_factory=list)  # the recipe's stages in order (subset of STAGES, in order)

@@ -1,4 +1,4 @@
-"""The stage pipeline behind `rlhf recipe=...`: prepare → sft → rm → ppo, each stage's output feeding the next.
+"""The stage pipeline behind `rlhf recipe=...`: prepare → sft → rm → dpo → ppo, each stage's output feeding the next.
 
     cfg = <a validated RunConfig>          # rlhf.cli composes it from the recipe and the overrides
     report = preflight(cfg)                # every check that needs no Ray; raises PipelineError / PlanError
@@ -10,6 +10,7 @@ e.g. `ppo.actor.path: ${run_dir}/sft/final`):
     prepare  data/ (a task's JSONL files) and base/ (a tiny model + tokenizer), when the recipe asks
     sft      sft/final/   HF causal LM + tokenizer          (rlhf.trainers.supervised.run_sft)
     rm       rm/final/    HF sequence classifier + tokenizer (run_rm); summary.json rm.score_mean/std
+    dpo      dpo/final/   HF causal LM + tokenizer          (rlhf.trainers.dpo.run_dpo)
     ppo      ppo/final/   HF causal LM + tokenizer          (rlhf.trainers.ppo_stage.run_ppo)
 Every trainer stage appends to run_dir/metrics.jsonl and merges its entry into run_dir/summary.json.
 

@@ -52,11 +52,7 @@ def stage_sources(cfg, stage: str) -> list[Source]:
                  Field("sft.data.response_key", d.response_key, "text"))
         sources = [Source(f"sft.data.{name}", path, split, alternatives=(chat, plain))
                    for name, path, split in (("train", d.train, d.train_split), ("eval", d.eval, d.eval_split))]
-        if g.prompts:
-            sources.append(Source("sft.gold_eval.prompts", g.prompts, g.split, fields=(
-                Field("sft.gold_eval.prompt_key", g.prompt_key, "text_or_messages"),
-                Field("sft.gold_eval.reference_key", g.reference_key, "any", " (the verifier scores against it)"))))
-        return sources
+        return sources + _gold_sources("sft", g)
     if stage in ("rm", "dpo"):
         d = getattr(cfg, stage).data
         fields = (Field(f"{stage}.data.prompt_key", d.prompt_key, "text_or_messages"),
@@ -64,12 +60,7 @@ def stage_sources(cfg, stage: str) -> list[Source]:
                   Field(f"{stage}.data.rejected_key", d.rejected_key, "text_or_messages"))
         sources = [Source(f"{stage}.data.{name}", path, split, fields=fields)
                    for name, path, split in (("train", d.train, d.train_split), ("eval", d.eval, d.eval_split))]
-        g = getattr(cfg, stage, None) and getattr(getattr(cfg, stage), "gold_eval", None)
-        if g is not None and g.prompts:
-            sources.append(Source(f"{stage}.gold_eval.prompts", g.prompts, g.split, fields=(
-                Field(f"{stage}.gold_eval.prompt_key", g.prompt_key, "text_or_messages"),
-                Field(f"{stage}.gold_eval.reference_key", g.reference_key, "any", " (the verifier scores against it)"))))
-        return sources
+        return sources + (_gold_sources("dpo", cfg.dpo.gold_eval) if stage == "dpo" else [])
     if stage == "ppo":
         d = cfg.ppo.data
         fields = [Field("ppo.data.prompt_key", d.prompt_key, "text_or_messages")]
@@ -81,6 +72,15 @@ def stage_sources(cfg, stage: str) -> list[Source]:
         return [Source(f"ppo.data.{name}", path, split, fields=tuple(fields))
                 for name, path, split in (("train", d.train, d.train_split), ("eval", d.eval, d.eval_split))]
     return []
+
+
+def _gold_sources(stage: str, g) -> list[Source]:
+    """The held-out prompts of a stage's gold evaluation (`<stage>.gold_eval`, a GoldEvalConfig), if any."""
+    if not g.prompts:
+        return []
+    return [Source(f"{stage}.gold_eval.prompts", g.prompts, g.split, fields=(
+        Field(f"{stage}.gold_eval.prompt_key", g.prompt_key, "text_or_messages"),
+        Field(f"{stage}.gold_eval.reference_key", g.reference_key, "any", " (the verifier scores against it)")))]
 
 
 def check_stage_data(cfg, stages: list[str], made_by_this_run: Callable[[Path], bool] = lambda path: False) -> None:

@@ -95,17 +95,17 @@ class RewardServerClient:
         rows = f"rows {start}-{start + len(prompts) - 1}"
         body = json.dumps({"prompts": prompts, "responses": responses,
                            "references": [_jsonable(r) for r in references]}).encode()
-        for attempt in range(self.spec.max_retries + 1):
+        attempt = 0
+        while True:
             try:
-                raw = self._post(body)
-                return self._parse(raw, len(prompts), rows)
+                return self._parse(self._post(body), len(prompts), rows)
             except _Permanent as error:
                 return self._give_up("errors", f"{rows}: {error}", len(prompts))
             except _Transient as error:
                 if attempt == self.spec.max_retries:
                     return self._give_up(error.kind, f"{rows}: {error} (after {attempt} retries)", len(prompts))
                 time.sleep(self.spec.backoff_s * 2 ** attempt)
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def _post(self, body: bytes) -> bytes:
         request = urllib.request.Request(self.spec.url, data=body, method="POST",
