@@ -3,6 +3,7 @@
 Under ZeRO-3 every rank holds only a shard of each parameter, so the full tensors are gathered one
 parameter at a time (bounded memory: one full parameter at a time, plus rank 0's CPU copy of the
 state dict). Gathering is a collective: every rank must call `export_hf`, and only rank 0 writes.
+A LoRA (peft) model is exported merged, with its adapter beside it (`export_hf`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from typing import Iterator
 import torch
 
 from rlhf.engine.distributed import barrier, import_deepspeed, rank
+from rlhf.models.lora import is_peft_model, lora_merge_plan, merged_tensors
+
+ADAPTER_DIR = "adapter"  # a LoRA export's adapter alone, beside the merged model
 
 
 def full_state_dict(module: torch.nn.Module, zero3: bool) -> dict[str, torch.Tensor] | None:
@@ -71,18 +75,27 @@ def full_tensor_buckets(module: torch.nn.Module, zero3: bool, bucket_bytes: int)
 
 
 def export_hf(module: torch.nn.Module, out_dir: str | Path, zero3: bool, tokenizer=None) -> Path:
-    """Save `module` (a transformers PreTrainedModel) to `out_dir` so `from_pretrained` reloads it.
+    """Save `module` (a transformers PreTrainedModel, plain or peft LoRA) so `from_pretrained` reloads it.
 
+    A LoRA model is written merged (`W + s·B@A`, peft's names stripped), so the directory is a plain
+    HF model of the base class that the next stage, vLLM or any user loads without peft; its adapter
+    alone goes to `out_dir/adapter/` as well (peft's format: `PeftModel.from_pretrained(base, ...)`).
     Collective: call on every rank. Rank 0 writes `out_dir` (safetensors weights, config, generation
     config, and the tokenizer if given); all ranks return after the files exist.
     """
     if not hasattr(module, "save_pretrained"):
         raise TypeError(f"export_hf needs a transformers model with save_pretrained, got {type(module).__name__}")
     out_dir = Path(out_dir)
+    plan = lora_merge_plan(module) if is_peft_model(module) else None  # before the gather: fail on every rank
     state_dict = full_state_dict(module, zero3)
     if state_dict is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        module.save_pretrained(out_dir, state_dict=state_dict)
+        if plan is None:
+            module.save_pretrained(out_dir, state_dict=state_dict)
+        else:
+            module.save_pretrained(out_dir / ADAPTER_DIR, state_dict=state_dict)  # peft keeps the adapter's keys
+            merged = dict(merged_tensors(state_dict.items(), plan))
+            module.get_base_model().save_pretrained(out_dir, state_dict=merged)
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
     barrier()

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from rlhf.config.model import ModelOptions  # noqa: F401  (re-exported: models' public API)
+from rlhf.models.lora import lora_merge_plan
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 _TRUTHY = ("1", "true", "yes", "on")
@@ -85,7 +86,9 @@ def apply_training_options(model, options: ModelOptions):
     lora = LoraConfig(r=options.lora_rank, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
                       target_modules=options.peft_target_modules(),
                       task_type="SEQ_CLS" if is_classifier else "CAUSAL_LM")
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    lora_merge_plan(model)  # a LoRA variant that cannot be exported merged fails now, not after training
+    return model
 
 
 def _enable_activation_checkpointing(model) -> None:

@@ -17,6 +17,7 @@ from rlhf.config.ppo import RolloutConfig
 from rlhf.data.batch import RolloutBatch
 from rlhf.engine.export import full_tensor_buckets
 from rlhf.models import ModelOptions, load_causal_lm, load_tokenizer, response_logprobs, response_logprobs_and_entropy
+from rlhf.models.lora import lora_merge_plan
 from rlhf.rollout import RolloutEngineError, StaleWeightsError
 from rlhf.rollout.weights import merged_lora_buckets
 from rlhf.workers.base import Dispatch, dispatch
@@ -68,7 +69,7 @@ class ActorWorker(SamplingMixin, TrainableWorker):
             buckets = full_tensor_buckets(self.engine.module, self.engine.cfg.zero_stage == 3,
                                           getattr(self, "sync_bucket_bytes", 256 * 2 ** 20))
             if self.options.lora_rank:
-                buckets = merged_lora_buckets(buckets, self.options.lora_alpha / self.options.lora_rank)
+                buckets = merged_lora_buckets(buckets, lora_merge_plan(self.engine.module))
             try:
                 stats = engine.update_weights(buckets, version)
             except Exception as err:
