@@ -423,6 +423,10 @@ class PPOTrainer:
         history = read_jsonl(self.run_dir / "metrics.jsonl", stage=self.stage)  # includes steps before a resume
         last_eval = next((r for r in reversed(history) if any(k.startswith("eval/") for k in r)), {})
         summary = {"steps": self.state.step, "bad_steps": self.state.bad_steps}
+        for role in ("actor", "critic"):  # trained roles: with LoRA only the adapter (and a critic's head)
+            if role in self.groups:
+                counts = self.groups[role].call("parameter_counts")
+                summary.update({f"{role}_trainable_parameters": counts["trainable"], f"{role}_parameters": counts["total"]})
         summary.update({f"reward_fn_{kind}": n for kind, n in self.state.reward_fn_failures.items()})
         for name in ("gold_sampled", "gold_greedy", "reward_sampled", "reward_greedy"):
             key = f"eval/{name}"

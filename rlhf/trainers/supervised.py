@@ -115,6 +115,8 @@ class SupervisedTrainer:
         self.group.call("export_hf", str(self.stage_dir / "final"))
         history = read_jsonl(self.run_dir / "metrics.jsonl", stage=self.stage)
         summary = self.final_summary(history)
+        counts = self.group.call("parameter_counts")
+        summary.update(trainable_parameters=counts["trainable"], parameters=counts["total"])
         plot_curves(history, self.plot_keys, self.stage_dir / "curves.png")
         write_summary(self.run_dir / "summary.json", self.stage, summary)
         print(summary_table(summary, title=f"{self.stage} summary"))

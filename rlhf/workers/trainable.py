@@ -14,6 +14,7 @@ import torch
 
 from rlhf.config.algorithm import UpdateSchedule
 from rlhf.data.batch import RolloutBatch
+from rlhf.models.lora import parameter_counts
 from rlhf.workers.base import BaseWorker, Dispatch, dispatch
 from rlhf.workers.collectives import all_reduce_max, all_reduce_sum
 
@@ -137,6 +138,14 @@ class TrainableWorker(BaseWorker):
         self.engine.load_checkpoint(Path(ckpt_dir))
 
     @dispatch(Dispatch.RANK0)
+    def parameter_counts(self) -> dict[str, int]:
+        """{"trainable", "total"} parameters of the role's model at full size (with LoRA: the adapter,
+        plus a scalar head's trainable copy). What the summary reports, so "only the adapter trained" is checkable."""
+        trainable, total = parameter_counts(self.engine.module)
+        return {"trainable": trainable, "total": total}
+
+    @dispatch(Dispatch.RANK0)
     def export_hf(self, out_dir: str) -> str:
-        """HF-format directory of the current weights, with the tokenizer (collective; rank 0 writes)."""
+        """HF-format directory of the current weights, with the tokenizer (collective; rank 0 writes). A
+        LoRA model is written merged, its adapter under `adapter/` (rlhf/engine/export.py)."""
         return str(self.engine.export_hf(Path(out_dir), tokenizer=self.tokenizer))

@@ -11,7 +11,8 @@ and rank 0 writes what the tests compare to `OUT_DIR/result.pt`:
 - mode "ref" (1 rank, stage 0) adds a plain-torch oracle, a gradient-accumulation run, a resume
   under a changed schedule (must be refused) and one update of each set-up in VARIANTS;
 - mode "dp" (2 ranks) adds the grad norm of DeepSpeed's own backward (negative control) and, at
-  stage 3, a ZeRO-3 InferenceEngine forward of the initial model.
+  stage 3, a ZeRO-3 InferenceEngine forward of the initial model;
+- mode "lora" trains a peft LoRA model instead (`lora_main`): updates, resume, merged export.
 """
 import copy
 import os
@@ -134,12 +135,72 @@ def oracle(cfg):
     return {"params": copy.deepcopy(model.state_dict()), "grad_norms": norms, "grads": grads}
 
 
+def lora_llama(base_seed: int, adapter_seed: int):
+    """tiny_llama(base_seed) with a rank-4 LoRA on every linear layer, lora_A drawn from `adapter_seed`."""
+    from peft import LoraConfig, get_peft_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(adapter_seed)
+        return get_peft_model(c.tiny_llama(seed=base_seed), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+
+
+def lora_oracle(cfg) -> dict:
+    """Plain torch on the full batch for the LoRA job: the peft model, AdamW on its adapter, 3 updates."""
+    model = lora_llama(0, 0)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                                  weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    for seed in (0, 1, 2):
+        batch = c.global_batch(seed)
+        (c.token_loss_sum(model, batch) / c.global_token_count(batch)).backward()
+        torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def lora_main(cfg, rank: int, world: int, gas: int, out: Path) -> dict:
+    """LoRA under the job's ZeRO stage: 3 updates equal plain torch's; a fresh engine (other base
+    weights, other adapter init) resumed from the checkpoint takes the same update 3; the export is
+    merged (+ adapter/)."""
+    def engine_of(model):
+        return TrainEngine(model, cfg, micro_batch_size=c.BATCH_ROWS // world // gas, grad_accum_steps=gas)
+
+    engine = engine_of(lora_llama(0, 0))
+    result = {"trainable": sorted(n for n, p in engine.module.named_parameters() if p.requires_grad)}
+    for seed in (0, 1):
+        update(engine, seed, rank, world, gas)
+    ckpt = out / "runs" / "ckpt"
+    engine.save_checkpoint(ckpt)
+    update(engine, 2, rank, world, gas)
+    result["uninterrupted"] = full_params(engine)
+    fresh = engine_of(lora_llama(1, 1))
+    fresh.load_checkpoint(ckpt)
+    update(fresh, 2, rank, world, gas)
+    result["resumed"] = full_params(fresh)
+    log("lora resumed")
+    engine.eval()
+    with torch.no_grad():
+        result["eval_logits"] = engine(**c.global_batch(99)).logits
+    result["hf_dir"] = str(engine.export_hf(out / "hf"))
+    if rank == 0:
+        result["oracle"] = lora_oracle(cfg)
+    return result
+
+
 def main(mode: str, stage: int, out: Path) -> None:
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
     cfg = make_cfg(stage)
     world = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ["RANK"])
+    if mode == "lora":
+        result = lora_main(cfg, rank, world, gas=2, out=out)
+        if rank == 0:
+            torch.save(result, out / "result.pt")
+        return
     gas = 1 if mode == "ref" else 2  # the 2-rank runs split each rank's 2 rows into 2 micro-batches
     result = {}
 

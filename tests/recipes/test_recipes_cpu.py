@@ -396,3 +396,59 @@ def test_quickstart_dpo_trains_on_pairs_against_the_sft_reference_and_resumes(qu
     assert [r["step"] for r in records(run_dir) if r["stage"] == "dpo"] == [1, 2, 3]
     resumed = json.loads((run_dir / "summary.json").read_text())["dpo"]
     assert resumed["steps"] == 3 and resumed["gold_accuracy_initial"] == summary["gold_accuracy_initial"]
+
+
+LORA_RANK = 4
+LORA_ROLES = ["sft.model.options", "rm.model.options", "ppo.actor.options", "ppo.critic.options"]
+
+
+def _lora_parameters(base_dir: Path, head: bool) -> int:
+    """What LoRA rank LORA_RANK on every linear layer but the LM head trains: r·(in + out) per layer, plus
+    the scalar head's trainable copy (hidden size weights, no bias) of a reward model or critic."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    adapted = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"]
+    return sum(LORA_RANK * (m.in_features + m.out_features) for m in adapted) + (model.config.hidden_size if head else 0)
+
+
+def test_quickstart_with_lora_on_every_trained_role_exports_plain_models_and_trains_only_adapters(quickstart, tmp_path):
+    """Issue 15 §2 through the real command: SFT, RM, PPO's actor and critic all LoRA. Each stage's
+    output is a plain HF directory (merged, loadable by transformers without peft) with its adapter
+    under adapter/, which the next stage loads as it is; the summary counts only adapter weights as
+    trained (r·(in+out) per linear layer); PPO changed only the adapted layers of the SFT model (merged
+    in), never an embedding, norm or the LM head; and the LoRA PPO stage resumes from its checkpoint."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    run_dir = tmp_path / "run"
+    for part in ("data", "base"):
+        shutil.copytree(quickstart / part, run_dir / part)
+    lora = [f"{role}.lora_rank={LORA_RANK}" for role in LORA_ROLES]
+    smoke = [o for o in QUICKSTART_SMOKE if not o.startswith("ppo.trainer.total_steps")]
+    ok(rlhf("recipe=quickstart", f"run_dir={run_dir}", "stages=[sft,rm,ppo]", "ppo.trainer.total_steps=2",
+            *lora, *smoke))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    policy, scalar = _lora_parameters(run_dir / "base", head=False), _lora_parameters(run_dir / "base", head=True)
+    assert summary["sft"]["trainable_parameters"] == summary["ppo"]["actor_trainable_parameters"] == policy
+    assert summary["rm"]["trainable_parameters"] == summary["ppo"]["critic_trainable_parameters"] == scalar
+    assert policy < summary["sft"]["parameters"] / 5
+    for stage, cls in (("sft", AutoModelForCausalLM), ("rm", AutoModelForSequenceClassification),
+                       ("ppo", AutoModelForCausalLM)):
+        final = run_dir / stage / "final"
+        names = cls.from_pretrained(final).state_dict()  # plain transformers: no peft involved
+        assert not any("lora" in n or "base_layer" in n or "modules_to_save" in n for n in names), stage
+        assert (final / "adapter" / "adapter_config.json").is_file(), stage
+    AutoModelForSequenceClassification.from_pretrained(run_dir / "ppo" / "final_critic")
+    before, after = (load_file(run_dir / d / "final" / "model.safetensors") for d in ("sft", "ppo"))
+    assert before.keys() == after.keys()
+    adapted = {n for n in before if n.endswith("_proj.weight")}  # Llama's linear layers but the LM head
+    assert adapted and all(torch.equal(before[n], after[n]) for n in before if n not in adapted)
+    assert any(not torch.equal(before[n], after[n]) for n in adapted)
+
+    result = ok(rlhf("recipe=quickstart", f"run_dir={run_dir}", "stages=[ppo]", "resume=true",
+                     "ppo.trainer.total_steps=3", *lora, *smoke))
+    assert "stage ppo: resuming" in result.stderr
+    assert [r["step"] for r in records(run_dir) if r["stage"] == "ppo"] == [0, 1, 2, 3]

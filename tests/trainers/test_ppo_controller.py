@@ -83,6 +83,10 @@ class FakeActor:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         return out_dir
 
+    @dispatch(Dispatch.RANK0)
+    def parameter_counts(self):
+        return {"trainable": 10, "total": 100}
+
     @dispatch(Dispatch.ALL)
     def save_checkpoint(self, d):
         Path(d).mkdir(parents=True)
