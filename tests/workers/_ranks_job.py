@@ -7,7 +7,7 @@ OUT_DIR/rank<r>.json. Modes:
 - "gpu_rules": under `install_gpu_backend_rules` (a real gloo group that, for collectives, accepts
   only the tensor devices of the group a GPU machine gets) every role's calls: SFT and RM steps and
   evaluations, actor generate/logprobs/update, critic values/update, reference log-probs, RM scores.
-- "zero3": the actor and the SFT policy as ZeRO-3 engines; greedy generation where this rank's rows
+- "zero3": the actor (plain and LoRA) and the SFT policy as ZeRO-3 engines; greedy generation where this rank's rows
   are EOS at once (rank 0) or run to max_new_tokens (rank 1), and an SFT eval loss where
   the ranks have 3 and 1 micro-batches. Before ranks ran in lock-step this hung; the launcher's
   timeout turns a hang into a failure.
@@ -156,6 +156,14 @@ def zero3(models: Path, out: Path) -> dict:
             "lengths": batch.mask_BT.sum(-1).tolist(),
             "logprob_gap": float((batch.old_logprobs_BT - single.old_logprobs_BT[mine][:, :batch.response_len]
                                   ).abs().max()) if batch.response_len else 0.0}
+
+    # A LoRA actor (peft under ZeRO-3): lora_B starts at 0, so it must generate exactly what the base does.
+    lora = ActorWorker("actor", RANK, WORLD, seed=0)
+    lora.init_model(str(models / "lm"), ModelOptions(lora_rank=4), zero, 2, 1)
+    lora_batch = lora.generate(shard(items), params)
+    seen["lora_responses"] = lora_batch.responses
+    seen["lora_logprob_gap"] = float((lora.logprobs(lora_batch) - lora_batch.old_logprobs_BT).abs().max()) \
+        if lora_batch.response_len else 0.0
 
     sft = SFTWorker("sft", RANK, WORLD, seed=0)
     sft.init_model(str(models / "lm"), OPTS, zero, 1, 1)
