@@ -39,7 +39,9 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "hypothesis>=6.80"],
+        # mistral-common + sentencepiece: Mistral 7B's real tokenizer for the public-vocabulary tests
+        # (rlhf/models/public_vocab.py; prepare.tiny_model.tokenizer=mistral).
+        "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "hypothesis>=6.80", "mistral-common>=1.5", "sentencepiece>=0.2"],
         # bench/run.py only: trl 1.12.0 is the last release with the four-model PPOTrainer we compare with.
         "bench": ["trl==1.12.0", "psutil>=5.9"],
         # ppo.rollout.engine=vllm on GPUs. CPU-only machines use vLLM's CPU build instead (README.md,

@@ -42,6 +42,7 @@ def test_help_lists_recipes_and_main_fields():
     ("torch_threads=0", ["torch_threads=0", ">= 1"]),
     ("rm.expectations.eval_accuracy.atleast=0.9", ["rm.expectations.eval_accuracy.atleast"]),  # unknown key
     ("ppo.trainer.hacking_patience=-1", ["hacking_patience=-1", ">= 0"]),
+    ("prepare.tiny_model.tokenizer=gpt4", ["prepare.tiny_model", "tokenizer", "gpt4", "mistral"]),
 ])
 def test_bad_overrides_exit_2_with_a_message_naming_the_field(tmp_path, override, names):
     result = rlhf("recipe=quickstart", f"run_dir={tmp_path}", "dry_run=true", override)

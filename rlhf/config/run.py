@@ -18,14 +18,18 @@ from rlhf.config.ppo import PPOConfig
 from rlhf.config.supervised import DPOConfig, RMConfig, SFTConfig
 
 STAGES = ("prepare", "sft", "rm", "dpo", "ppo")  # every stage the pipeline knows, in the only order they can run
-TINY_ARCHS = ("llama", "gpt2")  # rlhf.models.tiny architectures
+TINY_ARCHS = ("llama", "gpt2", "mistral")  # rlhf.models.tiny architectures
+# "char": the character-level arithmetic tokenizer (rlhf/models/tiny.py); "mistral": Mistral 7B's real
+# 32,000-token vocabulary and instruct chat template (rlhf/models/public_vocab.py, needs mistral-common).
+TINY_TOKENIZERS = ("char", "mistral")
 
 
 @dataclass
 class TinyModelSpec:
-    """A random-init tiny causal LM (and its character tokenizer) built offline into run_dir/base."""
+    """A random-init tiny causal LM (and its tokenizer) built offline into run_dir/base."""
 
     arch: str = "llama"  # one of TINY_ARCHS
+    tokenizer: str = "char"  # one of TINY_TOKENIZERS
     num_layers: int = 2  # decoder layers; >= 1
     hidden_size: int = 128  # width; >= 1 and divisible by num_heads
     num_heads: int = 4  # attention heads; >= 1
@@ -36,6 +40,8 @@ class TinyModelSpec:
     def __post_init__(self) -> None:
         if self.arch not in TINY_ARCHS:
             invalid("prepare.tiny_model", "arch", self.arch, f"one of {list(TINY_ARCHS)}")
+        if self.tokenizer not in TINY_TOKENIZERS:
+            invalid("prepare.tiny_model", "tokenizer", self.tokenizer, f"one of {list(TINY_TOKENIZERS)}")
         for name in ("num_layers", "hidden_size", "num_heads", "max_positions"):
             if getattr(self, name) < 1:
                 invalid("prepare.tiny_model", name, getattr(self, name), "an int >= 1")

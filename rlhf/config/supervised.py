@@ -29,6 +29,9 @@ class SupervisedDataConfig:
     chosen_key: str = "chosen"  # RM: preferred response
     rejected_key: str = "rejected"  # RM: dispreferred response
     tag_key: str | None = "negative_type"  # RM: optional per-pair tag; eval accuracy is reported per tag
+    # The tokenizer's chat template: null = for chat-message rows only; true = plain prompt/response rows
+    # too (the prompt as one user message); false = never. A gold evaluation renders its prompts alike.
+    use_chat_template: bool | None = None
     max_len: int = 512  # tokens of prompt + response; longer rows follow `overlong`
     overlong: str = "truncate"  # one of OVERLONG_POLICIES
     max_eval_rows: int = 2000  # evaluate on at most this many held-out rows

@@ -96,6 +96,8 @@ _TINY_ARCHS = {
     "llama": ("LlamaConfig", "hidden_size", "num_hidden_layers", "num_attention_heads",
               "max_position_embeddings"),
     "gpt2": ("GPT2Config", "n_embd", "n_layer", "n_head", "n_positions"),
+    "mistral": ("MistralConfig", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "max_position_embeddings"),
 }
 
 
@@ -114,6 +116,9 @@ def tiny_config(tokenizer, arch: str = "llama", num_layers: int = 2, hidden_size
     fields = {width: hidden_size, depth: num_layers, heads: num_heads, context: max_positions}
     if arch == "llama":
         fields.update(intermediate_size=4 * hidden_size, num_key_value_heads=num_heads, tie_word_embeddings=False)
+    elif arch == "mistral":  # grouped-query attention as in Mistral 7B (32 query heads, 8 KV heads), no window
+        fields.update(intermediate_size=4 * hidden_size, num_key_value_heads=max(1, num_heads // 4),
+                      sliding_window=None, tie_word_embeddings=False)
     else:  # GPT-2 defaults to 0.1 dropout; RL wants a deterministic policy (sampler and trainer agree)
         fields.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     fields.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,

@@ -448,7 +448,6 @@ def run_stage(cfg: RunConfig, stage: str, run_dir: Path, resume: bool) -> dict:
 # --- prepare --------------------------------------------------------------------------------------------
 def prepare(cfg: RunConfig, run_dir: Path) -> dict:
     """Write the task's data files to run_dir/data and build the tiny model into run_dir/base (idempotent)."""
-    from rlhf.models.tiny import build_tiny_model
     from rlhf.tasks import get_task
 
     made = {}
@@ -459,11 +458,24 @@ def prepare(cfg: RunConfig, run_dir: Path) -> dict:
                                    lambda out: get_task(spec.task, **kwargs).write_files(out))
     if spec.tiny_model is not None:
         model = asdict(spec.tiny_model)
-        overrides = model.pop("config_overrides")
-        made["base"] = _build_once(run_dir / "base", model,
-                                   lambda out: build_tiny_model(out, tokenizer_dir=None, **model, **overrides))
+        settings = dict(model) if model["tokenizer"] != "char" else {k: v for k, v in model.items() if k != "tokenizer"}
+        made["base"] = _build_once(run_dir / "base", settings, lambda out: _build_base(out, dict(model)))
         made["base_spec"] = asdict(spec.tiny_model)
     return made
+
+
+def _build_base(out: Path, model: dict) -> Path:
+    """The tiny model of a `prepare.tiny_model` spec (as a dict) and its tokenizer, into `out`."""
+    from rlhf.models.tiny import build_tiny_model
+
+    overrides, tokenizer = model.pop("config_overrides"), model.pop("tokenizer")
+    tokenizer_dir = None  # the character-level tokenizer, built beside the model
+    if tokenizer == "mistral":
+        from rlhf.models.public_vocab import build_mistral_tokenizer
+
+        build_mistral_tokenizer(out)
+        tokenizer_dir = out
+    return build_tiny_model(out, tokenizer_dir=tokenizer_dir, **model, **overrides)
 
 
 def _build_once(out: Path, settings: dict, build) -> str:

@@ -206,7 +206,8 @@ def gold_eval(cfg: SFTConfig) -> GoldEval | None:
         return None
     tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path, padding_side="left")
     data = PromptDataset(g.prompts, tokenizer, split=g.split, prompt_key=g.prompt_key, reference_key=g.reference_key,
-                         require_reference=True, max_prompt_len=g.max_prompt_len, overlong="error")
+                         require_reference=True, max_prompt_len=g.max_prompt_len, overlong="error",
+                         use_chat_template=cfg.data.use_chat_template)  # as the stage's own rows
     if len(data) == 0:
         raise ValueError(f"sft.gold_eval.prompts={g.prompts!r} has no prompts")
     return GoldEval([data[i] for i in range(min(len(data), g.max_prompts))],
@@ -217,7 +218,7 @@ def gold_eval(cfg: SFTConfig) -> GoldEval | None:
 def _datasets(cfg, dataset_cls, **keys):
     tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path, padding_side="right")
     data = cfg.data
-    common = dict(max_len=data.max_len, overlong=data.overlong, **keys)
+    common = dict(max_len=data.max_len, overlong=data.overlong, use_chat_template=data.use_chat_template, **keys)
     train = dataset_cls(data.train, tokenizer, split=data.train_split, **common)
     if len(train) < cfg.trainer.batch_size:
         raise ValueError(f"data.train has {len(train)} usable rows, fewer than trainer.batch_size="
