@@ -86,6 +86,9 @@ class UpdateSchedule:
     num_minibatches: int = 1  # optimizer updates per epoch; the batch (per rank) must divide evenly; ≥ 1
     micro_batch_size: int = 8  # rows per forward/backward per rank (gradient accumulation fills the rest); ≥ 1
     shuffle: bool = True  # reshuffle rows each epoch (seeded: resumable and identical across restarts)
+    # Group each minibatch's rows by length into micro-batches and trim every micro-batch to its own
+    # width (rlhf/data/batch.py `trim`): the same update, without computing the batch's padding.
+    padding_free: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "num_minibatches", "micro_batch_size"):

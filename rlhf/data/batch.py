@@ -179,6 +179,38 @@ class RolloutBatch:
                 updates[name] = torch.nn.functional.pad(value, (0, right), value=0)
         return dataclasses.replace(self, **updates, extra=dict(self.extra))
 
+    def trim(self) -> "RolloutBatch":
+        """The inverse of `pad_to`: drop the prompt columns that are padding in every row (left) and the
+        response columns that are padding in every row (right), keeping at least one response column.
+
+        What a micro-batch of short rows out of a long batch computes on: the valid tokens and their
+        positions (taken from the attention mask) are unchanged, so every computed value is the same —
+        only the padded width is not paid for. `pad_to(batch.prompt_len, batch.response_len)` undoes it.
+        """
+        P, T = self.prompt_len, self.response_len
+        attended_S = self.attention_mask_BS.bool().any(0)
+        first = int(attended_S[:P].long().argmax()) if bool(attended_S[:P].any()) else P
+        valid_T = attended_S[P:] | self.mask_BT.bool().any(0)
+        last = int(valid_T.nonzero().max()) + 1 if bool(valid_T.any()) else min(1, T)
+        if first == 0 and last == T:
+            return self
+        updates: dict[str, Any] = {name: getattr(self, name)[:, first:P + last] for name in _SEQUENCE_FIELDS_BS}
+        for name in _TOKEN_FIELDS_BT:
+            value = getattr(self, name)
+            if value is not None:
+                updates[name] = value[:, :last]
+        return dataclasses.replace(self, **updates, extra=dict(self.extra))
+
+    def by_length(self) -> torch.Tensor:
+        """[B] long: the row order that sorts rows by (prompt columns, response columns) they need, stable.
+        Consecutive micro-batches of rows in this order are each as narrow as `trim` can make them."""
+        attended_BS = self.attention_mask_BS.bool()
+        P = self.prompt_len
+        prompt_B = attended_BS[:, :P].sum(-1)
+        response_B = (attended_BS[:, P:] | self.mask_BT.bool()).long().cumsum(-1).argmax(-1) + 1
+        key_B = (prompt_B + response_B) * (self.input_ids_BS.shape[1] + 1) + response_B
+        return torch.sort(key_B, stable=True).indices
+
     def to(self, device: torch.device | str) -> "RolloutBatch":
         """A copy with every tensor on `device`."""
         updates = {f.name: getattr(self, f.name).to(device) for f in fields(self)

@@ -41,11 +41,27 @@ def find_backbone_and_head(model) -> tuple[torch.nn.Module, str, torch.nn.Module
 
 
 def token_scores(model, input_ids_BS: torch.Tensor, attention_mask_BS: torch.Tensor) -> torch.Tensor:
-    """[B, S] float32: the head's scalar at every position (meaningless on padding; callers select)."""
-    backbone, _, head = find_backbone_and_head(model)
-    outputs = backbone(input_ids=input_ids_BS, attention_mask=attention_mask_BS,
-                       position_ids=position_ids_from_mask(attention_mask_BS), use_cache=False)
-    return head(outputs.last_hidden_state).squeeze(-1).float()
+    """[B, S] float32: the head's scalar at every position (meaningless on padding; callers select).
+
+    `model` is the sequence classifier, or an engine wrapping it (anything with `.module` that is called
+    like it: rlhf's TrainEngine / InferenceEngine). The whole model is called once, through the engine,
+    and the head's per-position output is taken with a forward hook (HF's own pooled output is ignored).
+    Calling the backbone and the head separately instead would bypass the root module's forward: under
+    ZeRO-3 DeepSpeed's root hooks then never run and the update silently differs from ZeRO-0's.
+    """
+    inner = model.module if hasattr(model, "module") and not hasattr(model, "config") else model
+    _, _, head = find_backbone_and_head(inner)
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+    try:
+        model(input_ids=input_ids_BS, attention_mask=attention_mask_BS,
+              position_ids=position_ids_from_mask(attention_mask_BS), use_cache=False)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"{type(inner).__name__}: expected its scalar head to run once per forward, "
+                           f"it ran {len(captured)} times")
+    return captured[0].squeeze(-1).float()
 
 
 def load_scalar_model(name_or_path: str | Path, options: ModelOptions | None = None, new_head_init: str = "zero",
@@ -68,6 +84,8 @@ def load_scalar_model(name_or_path: str | Path, options: ModelOptions | None = N
                          f"directory (looks like a causal LM); train a reward model first or initialise from one")
     if head_is_new:
         _init_head(head, new_head_init, hidden_size=head.weight.shape[-1])
+    if model.config.pad_token_id is None:  # HF's pooling refuses batches without one; we never use its pooling
+        model.config.pad_token_id = model.config.eos_token_id if model.config.eos_token_id is not None else 0
     return apply_training_options(model, options)
 
 

@@ -74,6 +74,11 @@ class BaseWorker:
     initialised by the role's engine when the model is built (`rlhf.engine.init_distributed`).
     """
 
+    # Forward-only passes (log-probs, values, scores) group rows by length and trim each micro-batch's
+    # padding (rlhf/workers/inference.py): the same values, less work. False computes at the batch's
+    # full width: kept for the comparisons in tests/ and bench/padding_free.py.
+    padding_free = True
+
     def __init__(self, role: str, rank: int, world_size: int, seed: int = 0) -> None:
         self.role, self.rank, self.world_size = role, rank, world_size
         self.seed = seed

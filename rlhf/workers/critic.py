@@ -31,8 +31,8 @@ class CriticWorker(TrainableWorker):
         self.engine.eval()
         return forward_in_chunks(
             batch, self.forward_batch_size, self.engine.cfg.zero_stage == 3, self.device,
-            lambda micro: critic_values(self.engine.module, micro.input_ids_BS, micro.attention_mask_BS,
-                                        micro.response_len))
+            lambda micro: critic_values(self.engine, micro.input_ids_BS, micro.attention_mask_BS,
+                                        micro.response_len), padding_free=self.padding_free)
 
     @dispatch(Dispatch.SPLIT_RANK0)
     def update(self, batch: RolloutBatch, loss_cfg: ValueLossConfig, schedule: UpdateSchedule,
@@ -40,7 +40,7 @@ class CriticWorker(TrainableWorker):
         """Regress values on `returns_BT`, clipped around the rollout's `values_BT`."""
 
         def micro_loss(micro: RolloutBatch, num_tokens, num_seqs):
-            values_BT = critic_values(self.engine.module, micro.input_ids_BS, micro.attention_mask_BS, micro.response_len)
+            values_BT = critic_values(self.engine, micro.input_ids_BS, micro.attention_mask_BS, micro.response_len)
             loss, metrics = value_loss(values_BT, micro.values_BT, micro.returns_BT, micro.mask_BT,
                                        loss_cfg.clip_eps, loss_cfg.agg, num_tokens, num_seqs)
             metrics["values_mean"] = masked_mean(values_BT.detach(), micro.mask_BT)

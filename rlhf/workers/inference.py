@@ -15,20 +15,41 @@ from rlhf.workers.collectives import all_reduce_max
 
 
 def forward_in_chunks(batch: RolloutBatch, chunk_size: int, collective: bool, device: torch.device,
-                      forward: Callable[[RolloutBatch], torch.Tensor]) -> torch.Tensor:
-    """Concatenate `forward(micro)` over micro-batches of `chunk_size` rows (results moved to CPU)."""
-    micros = batch.split(chunk_size) if len(batch) else []
+                      forward: Callable[[RolloutBatch], torch.Tensor], padding_free: bool = True) -> torch.Tensor:
+    """Concatenate `forward(micro)` over micro-batches of `chunk_size` rows (results moved to CPU), in the
+    batch's row order: `[B, T]` for per-token outputs, `[B]` for per-sequence ones.
+
+    `padding_free`: rows are grouped by length (`RolloutBatch.by_length`) and each micro-batch trimmed to
+    its own width (`RolloutBatch.trim`), so a short row is not computed at the batch's longest width; the
+    values are the same (positions come from the attention mask), per-token outputs are zero-padded back
+    to T. The number of forwards does not change, so ZeRO-3 ranks stay in lock-step.
+    """
+    order_B = batch.by_length() if padding_free and len(batch) > 1 else None
+    rows = batch.select(order_B) if order_B is not None else batch
+    micros = rows.split(chunk_size) if len(rows) else []
     n_forwards = lockstep_forwards(len(micros), collective)
     outputs = []
     with torch.no_grad():
         for i in range(n_forwards):
             micro = micros[i] if i < len(micros) else _dummy(batch)
-            result = forward(micro.to(device)).float().cpu()
+            result = forward((micro.trim() if padding_free else micro).to(device)).float().cpu()
             if i < len(micros):
-                outputs.append(result)
+                outputs.append(_pad_tokens(result, batch.response_len))
     if not outputs:
         return torch.zeros(0, batch.response_len)
-    return torch.cat(outputs)
+    merged = torch.cat(outputs)
+    if order_B is None:
+        return merged
+    restored = torch.empty_like(merged)
+    restored[order_B] = merged
+    return restored
+
+
+def _pad_tokens(result: torch.Tensor, response_len: int) -> torch.Tensor:
+    """A trimmed micro-batch's `[b, T']` output zero-padded to `[b, T]` (a `[b]` output as it is)."""
+    if result.dim() != 2 or result.shape[1] == response_len:
+        return result
+    return torch.nn.functional.pad(result, (0, response_len - result.shape[1]))
 
 
 def lockstep_forwards(n_local: int, collective: bool) -> int:

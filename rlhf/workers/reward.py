@@ -89,7 +89,8 @@ class RewardWorker(BaseWorker):
             batch = RolloutBatch(input_ids_BS=ids_BS, attention_mask_BS=mask_BS, mask_BT=torch.zeros(len(ids_BS), 0))
         scores_B = forward_in_chunks(
             batch, self.forward_batch_size, self.engine.cfg.zero_stage == 3, self.device,
-            lambda micro: reward_scores(self.engine.module, micro.input_ids_BS, micro.attention_mask_BS))
+            lambda micro: reward_scores(self.engine, micro.input_ids_BS, micro.attention_mask_BS),
+            padding_free=self.padding_free)
         return {"scores_B": scores_B, "gold_B": gold_B, "fn_failures_B": failures_B}
 
     @dispatch(Dispatch.ALL)

@@ -100,7 +100,7 @@ class RewardModelWorker(SupervisedWorker):
         batch = collate_preferences(examples, self.tokenizer.pad_token_id).to(self.device)
         input_ids = torch.cat([batch.chosen_input_ids_BS, batch.rejected_input_ids_BS])
         attention = torch.cat([batch.chosen_attention_mask_BS, batch.rejected_attention_mask_BS])
-        scores_2B = reward_scores(self.engine.module, input_ids, attention)
+        scores_2B = reward_scores(self.engine, input_ids, attention)
         return scores_2B[:len(examples)], scores_2B[len(examples):]
 
     @dispatch(Dispatch.SPLIT_RANK0)

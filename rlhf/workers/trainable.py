@@ -82,10 +82,19 @@ class TrainableWorker(BaseWorker):
             for minibatch_rows in order.chunk(schedule.num_minibatches):
                 minibatch = batch.select(minibatch_rows)
                 num_tokens, num_seqs = self._global_counts(minibatch)
-                micros = [m.to(self.device) for m in minibatch.split(schedule.micro_batch_size)]
+                micros = self._micro_batches(minibatch, schedule)
                 self.accumulate(micros, lambda micro: loss_fn(micro, num_tokens, num_seqs),
                                 lambda micro: micro.num_tokens(), tracker)
         return tracker.reduce(updates=schedule.epochs * schedule.num_minibatches)
+
+    def _micro_batches(self, minibatch: RolloutBatch, schedule: UpdateSchedule) -> list[RolloutBatch]:
+        """The minibatch's micro-batches on this rank's device; with `schedule.padding_free` of rows of
+        similar length, each trimmed to its own width. Every row is in exactly one, so the sum of the
+        globally normalised micro-batch losses — the update — is the same either way."""
+        if schedule.padding_free and len(minibatch) > 1:
+            minibatch = minibatch.select(minibatch.by_length())
+        micros = minibatch.split(schedule.micro_batch_size)
+        return [(m.trim() if schedule.padding_free else m).to(self.device) for m in micros]
 
     def accumulate(self, micros: list, loss_fn: Callable, weight_fn: Callable, tracker: "UpdateTracker") -> None:
         """Forward/backward every micro-batch of one optimizer update, then step.

@@ -11,6 +11,8 @@ OUT_DIR/rank<r>.json. Modes:
   are EOS at once (rank 0) or run to max_new_tokens (rank 1), and an SFT eval loss where
   the ranks have 3 and 1 micro-batches. Before ranks ran in lock-step this hung; the launcher's
   timeout turns a hang into a failure.
+- "padding_free": every role's forward and the actor/critic updates at full width vs padding-free
+  (RolloutBatch.trim), on ZeRO-3 ranks;
 - "recompute" (1 rank): the actor's sampler log-probs against its training forward, in fp32 and with
   the sampler in bf16, and the first PPO ratio with sampler vs recomputed old log-probs.
 """
@@ -207,10 +209,54 @@ def _update_then_restore(actor, batch, schedule) -> dict:
     return metrics
 
 
+def padding_free(models: Path, out: Path) -> dict:
+    """The same rollout rows (mixed lengths, widened by extra padding) through every role's forward and
+    one actor and critic update each, at the batch's full width and padding-free: outputs and updated
+    weights compared. ZeRO-3 on 2 ranks: trimming must not change the number of collective forwards."""
+    zero = EngineConfig(zero_stage=3, lr=1e-2, zero3_param_persistence_threshold=0)
+    prompts = [("1+2=", "3"), ("12+34=", "46"), ("5+5=", "10"), ("71+18=", "89"), ("3+40=", "43"), ("9+9=", "18"),
+               ("10+23=", "33"), ("7+1=", "8")]
+    schedule = UpdateSchedule(epochs=1, num_minibatches=1, micro_batch_size=2, shuffle=False)
+    seen, batch = {}, None
+    for free in (False, True):
+        actor = ActorWorker("actor", RANK, WORLD, seed=0)
+        actor.init_model(str(models / "lm"), OPTS, zero, 2, 2)
+        critic = CriticWorker("critic", RANK, WORLD, seed=0)
+        critic.init_model(str(models / "rm"), OPTS, zero, 2, 2)
+        reference = ReferenceWorker("reference", RANK, WORLD, seed=0)
+        reference.init_model(str(models / "lm"), OPTS, EngineConfig(zero_stage=3, zero3_param_persistence_threshold=0), 2)
+        reward = RewardWorker("reward", RANK, WORLD, seed=0)
+        reward.init_model(str(models / "rm"), OPTS, EngineConfig(zero_stage=3, zero3_param_persistence_threshold=0), 2)
+        if batch is None:  # sampled once: both passes see the same rows
+            sampled = actor.generate(shard(prompts), SamplingParams(max_new_tokens=8, n=1, seed=3, temperature=1.5))
+            batch = sampled.pad_to(sampled.prompt_len + 5, sampled.response_len + 7)
+            g = torch.Generator().manual_seed(RANK)
+            batch.advantages_BT = torch.randn(batch.mask_BT.shape, generator=g) * batch.mask_BT
+            batch.returns_BT = torch.randn(batch.mask_BT.shape, generator=g) * batch.mask_BT
+            seen["widths"] = [batch.prompt_len, batch.response_len]
+            seen["response_lengths"] = batch.mask_BT.sum(-1).tolist()
+        for worker in (actor, critic, reference, reward):
+            worker.padding_free = free
+        schedule.padding_free = free
+        tag = "free" if free else "padded"
+        seen[f"{tag}_logprobs"] = actor.logprobs(batch).tolist()
+        seen[f"{tag}_ref"] = reference.logprobs(batch, 1.0).tolist()
+        seen[f"{tag}_values"] = critic.values(batch).tolist()
+        seen[f"{tag}_scores"] = reward.score(batch)["scores_B"].tolist()
+        batch.old_logprobs_BT = torch.tensor(seen["padded_logprobs"])
+        batch.values_BT = torch.tensor(seen["padded_values"])
+        seen[f"{tag}_actor_loss"] = actor.update(batch, PolicyLossConfig(), schedule, 0)["actor/loss"]
+        seen[f"{tag}_critic_loss"] = critic.update(batch, ValueLossConfig(), schedule, 0)["critic/loss"]
+        seen[f"{tag}_actor_after"] = float((actor.logprobs(batch) * batch.mask_BT).sum())  # the updated weights
+        seen[f"{tag}_critic_after"] = float((critic.values(batch) * batch.mask_BT).sum())
+    return seen
+
+
 def main() -> None:
     mode, models, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     torch.manual_seed(0)
-    seen = {"gpu_rules": gpu_rules, "zero3": zero3, "recompute": recompute}[mode](models, out)
+    seen = {"gpu_rules": gpu_rules, "zero3": zero3, "recompute": recompute,
+            "padding_free": padding_free}[mode](models, out)
     (out / f"rank{RANK}.json").write_text(json.dumps(seen, indent=1, default=float))
 
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlhf.engine.distributed import GPU_BACKEND, backend_devices, backend_for, rank_environment
 
@@ -166,3 +167,19 @@ def test_recomputed_old_logprobs_make_the_first_ratio_exactly_one(models, tmp_pa
     assert seen["gap_bf16"] > 100 * max(seen["gap_fp32"], 1e-7)
     assert seen["ratio_recomputed"] == [1.0, 1.0]
     assert seen["ratio_sampler"] != [1.0, 1.0]
+
+
+def test_padding_free_micro_batches_compute_the_same_values_and_updates(models, tmp_path):
+    """Issue 17: micro-batches grouped by length and trimmed to their own width give every role the
+    values the full-width batch gives (on valid tokens), and the same actor and critic updates — on
+    ZeRO-3 ranks, where trimming must keep every rank's forwards in lock-step (a hang fails the test)."""
+    for seen in run_ranks("padding_free", models, tmp_path):
+        mask = torch.tensor([[1.0] * int(n) + [0.0] * (seen["widths"][1] - int(n)) for n in seen["response_lengths"]])
+        assert seen["widths"][1] - max(seen["response_lengths"]) >= 7  # there was padding to trim
+        for key in ("logprobs", "ref", "values"):
+            padded, free = torch.tensor(seen[f"padded_{key}"]), torch.tensor(seen[f"free_{key}"])
+            torch.testing.assert_close(free * mask, padded * mask, atol=1e-5, rtol=0, msg=key)
+        torch.testing.assert_close(torch.tensor(seen["free_scores"]), torch.tensor(seen["padded_scores"]),
+                                   atol=1e-5, rtol=0)
+        for key in ("actor_loss", "critic_loss", "actor_after", "critic_after"):
+            assert seen[f"free_{key}"] == pytest.approx(seen[f"padded_{key}"], abs=1e-4, rel=1e-5), key

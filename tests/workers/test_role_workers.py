@@ -126,3 +126,48 @@ def test_data_parallel_zero_actor_matches_single_rank(ray_cluster, tiny_dirs, tm
     assert any(not torch.equal(initial[k], weights["single"][k]) for k in initial)
     for key, value in weights["single"].items():
         torch.testing.assert_close(weights["dp2"][key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_data_parallel_zero_critic_and_reward_model_match_single_rank(ray_cluster, tiny_dirs, tmp_path, stage):
+    """The scalar-head roles too: their forward once called the backbone and the head separately, which
+    bypassed the root module's forward, and under ZeRO-3 the critic's update then silently differed from
+    ZeRO-0's (the actor's did not). The critic's value update and the reward model's training step on
+    2 ranks must equal 1 rank's."""
+    import json
+
+    from rlhf.data import PreferenceDataset
+    from rlhf.models import load_tokenizer
+    from rlhf.workers.supervised import RewardModelWorker
+
+    batch = fixed_batch(tiny_dirs)
+    g = torch.Generator().manual_seed(1)
+    batch.values_BT = torch.randn(batch.mask_BT.shape, generator=g) * batch.mask_BT
+    batch.returns_BT = torch.randn(batch.mask_BT.shape, generator=g) * batch.mask_BT
+    pairs_file = tmp_path / "pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)})
+                                  + "\n" for a, b in ((12, 34), (5, 5), (71, 18), (3, 40))))
+    pairs = PreferenceDataset(str(pairs_file), load_tokenizer(tiny_dirs["rm"], padding_side="right"), max_len=16)
+    examples = [pairs[i] for i in range(len(pairs))]
+    schedule = UpdateSchedule(epochs=1, num_minibatches=1, micro_batch_size=2, shuffle=False)
+    weights = {}
+    for name, ranks, zero in (("single", 1, 0), ("dp2", 2, stage)):
+        groups = RoleGroups.create(cpu_plan(critic={"devices_per_node": ranks}, reward={"devices_per_node": ranks}),
+                                   {"critic": CriticWorker, "reward": RewardModelWorker}, seed=0, call_timeout_s=600)
+        try:
+            # Adam's eps well above the gradients' rounding noise: near-zero gradients must not turn summation
+            # order into ±lr flips of single weights (measured: up to 7e-5 at eps 1e-8, ZeRO-2 RM)
+            engine = EngineConfig(zero_stage=zero, lr=1e-2, adam_eps=1e-3, zero3_param_persistence_threshold=0)
+            groups["critic"].call("init_model", tiny_dirs["rm"], ModelOptions(), engine, 2,
+                                  schedule.grad_accum_steps(len(batch) // ranks))
+            groups["critic"].call("update", batch, ValueLossConfig(), schedule, 0)
+            groups["reward"].call("init_model", tiny_dirs["rm"], ModelOptions(), engine, 2 // ranks, 2)
+            groups["reward"].call("train_step", examples)
+            weights[name] = {role: exported_weights(groups[role], tmp_path / name / role) for role in ("critic", "reward")}
+        finally:
+            groups.shutdown()
+    for role in ("critic", "reward"):
+        initial = load_file(str(next(iter(__import__("pathlib").Path(tiny_dirs["rm"]).glob("*.safetensors")))))
+        assert any(not torch.equal(initial[k], weights["single"][role][k]) for k in initial), role
+        for key, value in weights["single"][role].items():
+            torch.testing.assert_close(weights["dp2"][role][key], value, atol=1e-5, rtol=1e-4, msg=f"{role} {key}")

@@ -1,0 +1,51 @@
+"""RolloutBatch.trim and by_length: padding-free micro-batches (issue 17) lose nothing and undo exactly."""
+import torch
+
+from rlhf.data.batch import RolloutBatch
+
+PAD = 0
+
+
+def _batch(prompts, responses, extra_left=0, extra_right=0) -> RolloutBatch:
+    """Rows of the given prompt/response lengths, left/right padded by the longest plus `extra_*`."""
+    P, T = max(prompts) + extra_left, max(responses) + extra_right
+    B = len(prompts)
+    ids = torch.full((B, P + T), PAD)
+    attention = torch.zeros(B, P + T, dtype=torch.long)
+    mask = torch.zeros(B, T)
+    g = torch.Generator().manual_seed(0)
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        ids[b, P - p:P + r] = torch.randint(3, 30, (p + r,), generator=g)
+        attention[b, P - p:P + r] = 1
+        mask[b, :r] = 1
+    values = torch.randn(B, T, generator=g) * mask
+    return RolloutBatch(input_ids_BS=ids, attention_mask_BS=attention, mask_BT=mask, values_BT=values,
+                        old_logprobs_BT=-values.abs(), scores_B=torch.arange(B, dtype=torch.float),
+                        responses=[f"r{b}" for b in range(B)])
+
+
+def test_trim_drops_only_columns_that_are_padding_in_every_row():
+    batch = _batch([2, 5, 3], [4, 1, 3], extra_left=3, extra_right=6)
+    trimmed = batch.trim()
+    assert (trimmed.prompt_len, trimmed.response_len) == (5, 4)
+    assert trimmed.num_tokens() == batch.num_tokens() and trimmed.attention_mask_BS.sum() == batch.attention_mask_BS.sum()
+    assert trimmed.responses == batch.responses and torch.equal(trimmed.scores_B, batch.scores_B)
+    restored = trimmed.pad_to(batch.prompt_len, batch.response_len)
+    for name in ("input_ids_BS", "attention_mask_BS", "mask_BT", "values_BT", "old_logprobs_BT"):
+        assert torch.equal(getattr(restored, name), getattr(batch, name)), name
+    assert trimmed.trim() is trimmed  # nothing left to trim
+
+
+def test_a_batch_without_valid_response_tokens_keeps_one_response_column():
+    batch = _batch([2, 3], [0, 0], extra_right=4)
+    assert batch.trim().response_len == 1 and batch.trim().prompt_len == 3
+
+
+def test_by_length_groups_short_rows_together_and_is_stable():
+    batch = _batch([2, 9, 2, 9, 3, 2], [1, 8, 1, 7, 2, 1])
+    order = batch.by_length().tolist()
+    assert order == [0, 2, 5, 4, 3, 1]  # equal lengths keep their order
+    micros = [m.trim() for m in batch.select(order).split(3)]
+    assert [(m.prompt_len, m.response_len) for m in micros] == [(2, 1), (9, 8)]
+    padded_cells = sum(len(m) * m.input_ids_BS.shape[1] for m in micros)
+    assert padded_cells == 3 * (2 + 1) + 3 * (9 + 8) < len(batch) * batch.input_ids_BS.shape[1]  # 60 cells, not 102
