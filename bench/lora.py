@@ -121,7 +121,7 @@ def main() -> int:
         model_dir = build_model(Path(tmp), TINY if args.quick else SMOL_135M, args.vocab)
         results = {}
         for mode in ("full", "lora"):
-            env = {**os.environ, "BENCH_PORT": str(_free_port())}
+            env = {**os.environ, "BENCH_PORT": str(free_port())}
             cmd = [sys.executable, __file__, "--child", mode, str(model_dir), "--out", tmp, "--rank", str(args.rank),
                    "--rows", str(args.rows), "--length", str(args.length), "--iterations", str(args.iterations)]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -154,7 +154,8 @@ def print_table(report: dict) -> None:
           f"{plan['lora']['total_gib']:.1f} | {plan['lora']['total_gib'] / plan['full']['total_gib']:.3f} |")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback, for a one-rank process group's rendezvous."""
     import socket
 
     with socket.socket() as sock:

@@ -28,6 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.lora import free_port  # noqa: E402
+
 
 def mixed_batch(rows: int, vocab: int, prompt_range: tuple[int, int], response_range: tuple[int, int]):
     """A RolloutBatch of random ids with uniformly spread prompt and response lengths, plus advantages."""
@@ -71,7 +73,7 @@ def main() -> int:
     from rlhf.models.tiny import build_tiny_model
     from rlhf.workers.actor import ActorWorker
 
-    os.environ.update(rank_environment(0, 1, _free_port()))
+    os.environ.update(rank_environment(0, 1, free_port()))
     schedule = UpdateSchedule(epochs=1, num_minibatches=1, micro_batch_size=args.micro, shuffle=False)
     with tempfile.TemporaryDirectory(prefix="bench_padding_free_") as tmp:
         model_dir = build_tiny_model(Path(tmp) / "lm", seed=0, **shape)
@@ -108,14 +110,6 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"padding_free-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=2))
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":
