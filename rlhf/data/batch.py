@@ -207,7 +207,9 @@ class RolloutBatch:
         attended_BS = self.attention_mask_BS.bool()
         P = self.prompt_len
         prompt_B = attended_BS[:, :P].sum(-1)
-        response_B = (attended_BS[:, P:] | self.mask_BT.bool()).long().cumsum(-1).argmax(-1) + 1
+        response_B = prompt_B.new_zeros(len(self))  # no response block: a reward model's re-encoded rows
+        if self.response_len:
+            response_B = (attended_BS[:, P:] | self.mask_BT.bool()).long().cumsum(-1).argmax(-1) + 1
         key_B = (prompt_B + response_B) * (self.input_ids_BS.shape[1] + 1) + response_B
         return torch.sort(key_B, stable=True).indices
 

@@ -49,3 +49,13 @@ def test_by_length_groups_short_rows_together_and_is_stable():
     assert [(m.prompt_len, m.response_len) for m in micros] == [(2, 1), (9, 8)]
     padded_cells = sum(len(m) * m.input_ids_BS.shape[1] for m in micros)
     assert padded_cells == 3 * (2 + 1) + 3 * (9 + 8) < len(batch) * batch.input_ids_BS.shape[1]  # 60 cells, not 102
+
+
+def test_rows_without_a_response_block_sort_and_trim_by_their_tokens():
+    """A reward model's re-encoded rows (rlhf/data/retokenize.py) have T = 0: sorted by attended tokens,
+    trimmed on the left only."""
+    ids = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 5], [0, 0, 0, 4]])
+    batch = RolloutBatch(input_ids_BS=ids, attention_mask_BS=(ids != 0).long(), mask_BT=torch.zeros(3, 0))
+    assert batch.by_length().tolist() == [2, 0, 1]
+    assert batch.select([2, 0]).trim().input_ids_BS.tolist() == [[0, 4], [5, 6]]
+    assert batch.trim().response_len == 0
