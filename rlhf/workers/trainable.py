@@ -82,12 +82,12 @@ class TrainableWorker(BaseWorker):
             for minibatch_rows in order.chunk(schedule.num_minibatches):
                 minibatch = batch.select(minibatch_rows)
                 num_tokens, num_seqs = self._global_counts(minibatch)
-                micros = self._micro_batches(minibatch, schedule)
+                micros = self._update_micro_batches(minibatch, schedule)
                 self.accumulate(micros, lambda micro: loss_fn(micro, num_tokens, num_seqs),
                                 lambda micro: micro.num_tokens(), tracker)
         return tracker.reduce(updates=schedule.epochs * schedule.num_minibatches)
 
-    def _micro_batches(self, minibatch: RolloutBatch, schedule: UpdateSchedule) -> list[RolloutBatch]:
+    def _update_micro_batches(self, minibatch: RolloutBatch, schedule: UpdateSchedule) -> list[RolloutBatch]:
         """The minibatch's micro-batches on this rank's device; with `schedule.padding_free` of rows of
         similar length, each trimmed to its own width. Every row is in exactly one, so the sum of the
         globally normalised micro-batch losses — the update — is the same either way."""
