@@ -19,6 +19,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["rlhf", "rlhf.*"]),
+    package_data={"rlhf.tasks": ["data/*.jsonl"]},  # the code task's shipped problems
     install_requires=[
         "torch>=2.2",
         "transformers>=4.56",

@@ -1,6 +1,6 @@
 """DESIGN.md §2: dependencies point one way. Scan every module's imports (static, via ast).
 
-- `rlhf/algorithms` and `rlhf/tasks` import only torch and the standard library (and rlhf);
+- `rlhf/algorithms`, `rlhf/envs` and `rlhf/tasks` import only torch and the standard library (and rlhf);
 - `rlhf/config` only omegaconf/hydra; `rlhf/data` only torch, datasets, transformers;
 - `ray` only in workers, distributed, trainers and the entry point (cli/launch);
 - `deepspeed` only in the engine; `vllm` only in rlhf/rollout/vllm_engine.py;
@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rlhf"
-LAYERS = ["algorithms", "config", "data", "tasks", "models", "engine", "rollout", "workers", "distributed",
+LAYERS = ["algorithms", "config", "data", "envs", "tasks", "models", "engine", "rollout", "workers", "distributed",
           "trainers", "cli"]
 RAY_ALLOWED = {"workers", "distributed", "trainers", "cli"}
 # Third-party packages each lower layer may import (stdlib and rlhf are always allowed).
 THIRD_PARTY_ALLOWED = {
     "algorithms": {"torch"},
     "config": {"omegaconf", "hydra"},
+    "envs": {"torch"},
     "tasks": {"torch"},
     "data": {"torch", "datasets", "transformers", "pyarrow"},
 }

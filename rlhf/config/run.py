@@ -19,9 +19,10 @@ from rlhf.config.supervised import DPOConfig, RMConfig, SFTConfig
 
 STAGES = ("prepare", "sft", "rm", "dpo", "ppo")  # every stage the pipeline knows, in the only order they can run
 TINY_ARCHS = ("llama", "gpt2", "mistral")  # rlhf.models.tiny architectures
-# "char": the character-level arithmetic tokenizer (rlhf/models/tiny.py); "mistral": Mistral 7B's real
-# 32,000-token vocabulary and instruct chat template (rlhf/models/public_vocab.py, needs mistral-common).
-TINY_TOKENIZERS = ("char", "mistral")
+# "char": the character-level arithmetic tokenizer (rlhf/models/tiny.py); "code": character-level over
+# printable ASCII and the newline (the code task); "mistral": Mistral 7B's real 32,000-token vocabulary
+# and instruct chat template (rlhf/models/public_vocab.py, needs mistral-common).
+TINY_TOKENIZERS = ("char", "code", "mistral")
 
 
 @dataclass

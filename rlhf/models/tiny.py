@@ -13,6 +13,8 @@ from pathlib import Path
 
 # Characters of the arithmetic task plus a few for general text; each is one token.
 ARITHMETIC_ALPHABET = "0123456789+-*=() "
+# Printable ASCII and the newline: Python source (the code task, rlhf/tasks/code.py), one token per character.
+CODE_ALPHABET = "".join(chr(c) for c in range(32, 127)) + "\n"
 PAD_TOKEN, EOS_TOKEN, BOS_TOKEN, UNK_TOKEN = "<pad>", "<eos>", "<bos>", "<unk>"
 SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, BOS_TOKEN, UNK_TOKEN)
 

@@ -475,6 +475,11 @@ def _build_base(out: Path, model: dict) -> Path:
 
         build_mistral_tokenizer(out)
         tokenizer_dir = out
+    elif tokenizer == "code":
+        from rlhf.models.tiny import CODE_ALPHABET, build_tiny_tokenizer
+
+        build_tiny_tokenizer(out, alphabet=CODE_ALPHABET)
+        tokenizer_dir = out
     return build_tiny_model(out, tokenizer_dir=tokenizer_dir, **model, **overrides)
 
 

@@ -52,6 +52,18 @@ class RewardFunctionError(RuntimeError):
 FN_FAILURE_KINDS = ("errors", "timeouts", "non_finite")  # fn_failures_B codes 1, 2, 3 (rlhf/workers/reward_fn.py)
 
 
+def outcome_counts(scored: dict, prefix: str, totals: dict | None = None) -> dict[str, float]:
+    """`<prefix>/outcome_<name>`: rows per outcome of the task's scorer (e.g. the code sandbox's "passed",
+    "timeout", "violation"), added to `totals` when given; {} when the scorer names none."""
+    counts: dict[str, int] = {}
+    for name in scored.get("outcomes_B") or []:
+        counts[name] = counts.get(name, 0) + 1
+    if totals is not None:
+        for name, n in counts.items():
+            totals[name] = totals.get(name, 0) + n
+    return {f"{prefix}/outcome_{name}": float(n) for name, n in sorted(counts.items())}
+
+
 class RewardHackingError(RuntimeError):
     """The reward-hacking monitor raised its alarm and `trainer.stop_on_reward_hacking` is set."""
 
@@ -68,6 +80,7 @@ class ControllerState:
     initial_eval: dict = field(default_factory=dict)
     hacking: dict = field(default_factory=dict)  # RewardHackingMonitor state
     reward_fn_failures: dict = field(default_factory=dict)  # kind → rows scored by the fallback, whole run
+    reward_outcomes: dict = field(default_factory=dict)  # the task scorer's outcome → training rows, whole run
     save_deferred: bool = False  # a checkpoint fell due during a streak of skipped steps: save at the next good one
 
 
@@ -212,6 +225,7 @@ class PPOTrainer:
         batch.scores_B, batch.gold_B = scored["scores_B"].float(), scored["gold_B"].float()
         failures = self._fn_failures(scored, "reward")
         batch.extra.update(failures)
+        batch.extra.update(outcome_counts(scored, "reward", self.state.reward_outcomes))
         self._check_fn_failures(failures, len(batch))
         return batch
 
@@ -306,6 +320,7 @@ class PPOTrainer:
             scores_B, gold_B = scored["scores_B"].float(), scored["gold_B"].float()  # the monitor reads the last: sampled
             out.update({k.replace("eval/fn_", f"eval/reward_fn_{name}_"): v
                         for k, v in self._fn_failures(scored, "eval").items() if k != "eval/fn_failure_frac"})
+            out.update(outcome_counts(scored, f"eval/{name}"))
             out[f"eval/reward_{name}"] = float(scores_B.mean())
             if not torch.isnan(gold_B).all():
                 out[f"eval/gold_{name}"] = float(gold_B.mean())
@@ -348,7 +363,7 @@ class PPOTrainer:
         }
         if not torch.isnan(batch.gold_B).all():
             m["gold/mean"] = float(batch.gold_B.mean())
-        m.update({k: v for k, v in batch.extra.items() if k.startswith(("rollout/", "reward/fn_"))})
+        m.update({k: v for k, v in batch.extra.items() if k.startswith(("rollout/", "reward/fn_", "reward/outcome_"))})
         if batch.values_BT is not None:
             m["critic/values_mean"] = float(masked_mean(batch.values_BT, mask_BT))
             m["critic/explained_variance"] = float(explained_variance(batch.values_BT, batch.returns_BT, mask_BT))
@@ -428,6 +443,7 @@ class PPOTrainer:
                 counts = self.groups[role].call("parameter_counts")
                 summary.update({f"{role}_trainable_parameters": counts["trainable"], f"{role}_parameters": counts["total"]})
         summary.update({f"reward_fn_{kind}": n for kind, n in self.state.reward_fn_failures.items()})
+        summary.update({f"reward_outcome_{name}": n for name, n in sorted(self.state.reward_outcomes.items())})
         for name in ("gold_sampled", "gold_greedy", "reward_sampled", "reward_greedy"):
             key = f"eval/{name}"
             if key in self.state.initial_eval or key in last_eval:

@@ -17,7 +17,7 @@ from rlhf.models import ModelOptions, load_reward_model, load_tokenizer, reward_
 from rlhf.tasks import get_task
 from rlhf.workers.base import BaseWorker, Dispatch, dispatch
 from rlhf.workers.inference import forward_in_chunks
-from rlhf.workers.reward_fn import RewardFnLimits, RewardFunctionRunner
+from rlhf.workers.reward_fn import RewardFnLimits, task_reward_runner
 from rlhf.workers.reward_server import RewardServerClient, RewardServerSpec
 
 
@@ -50,8 +50,7 @@ class RewardWorker(BaseWorker):
                              "or a reward server")
         if task is not None:
             task_obj = get_task(task, **(task_kwargs or {}))
-            self.verifier = RewardFunctionRunner(task_obj.reward, reward_fn_timeout_s, reward_fn_fallback,
-                                                 reward_fn_limits)
+            self.verifier = task_reward_runner(task_obj, reward_fn_timeout_s, reward_fn_fallback, reward_fn_limits)
             if use_task_reward:
                 self.rule = self.verifier
         if server is not None:
@@ -68,22 +67,27 @@ class RewardWorker(BaseWorker):
 
     @dispatch(Dispatch.SPLIT)
     def score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
-        """{"scores_B": [B] float, "gold_B": [B] float (NaN without a verifier), "fn_failures_B": [B] long}.
+        """{"scores_B": [B] float, "gold_B": [B] float (NaN without a verifier), "fn_failures_B": [B] long},
+        and "outcomes_B" ([B] list of str) when the task's scorer names an outcome per row (the code task's
+        sandbox: "passed", "timeout", "violation", ...).
 
         `fn_failures_B` is 0 where the task's reward function gave the score, else the failure that gave
         the fallback instead (1 error, 2 timeout, 3 non-finite: `reward_fn.FAILURE_KINDS`)."""
         gold_B = torch.full((len(batch),), float("nan"))
         failures_B = torch.zeros(len(batch), dtype=torch.long)
+        outcomes = {}
         if self.verifier is not None:
             gold_B = torch.tensor(self.verifier(batch.responses, batch.references), dtype=torch.float32)
             failures_B = torch.tensor(self.verifier.failure_codes(), dtype=torch.long)
+            if hasattr(self.verifier, "last_outcomes"):
+                outcomes = {"outcomes_B": list(self.verifier.last_outcomes)}
         if self.rule is not None:
-            return {"scores_B": gold_B.clone(), "gold_B": gold_B, "fn_failures_B": failures_B}
+            return {"scores_B": gold_B.clone(), "gold_B": gold_B, "fn_failures_B": failures_B, **outcomes}
         if self.server is not None:  # its unscored rows, not the verifier's, are the reward's failures
             scores_B = torch.tensor(self.server(batch.prompts or [""] * len(batch), batch.responses,
                                                 batch.references), dtype=torch.float32)
             return {"scores_B": scores_B, "gold_B": gold_B,
-                    "fn_failures_B": torch.tensor(self.server.failure_codes(), dtype=torch.long)}
+                    "fn_failures_B": torch.tensor(self.server.failure_codes(), dtype=torch.long), **outcomes}
         if self.retokenizer is not None:
             ids_BS, mask_BS = self.retokenizer(batch)
             batch = RolloutBatch(input_ids_BS=ids_BS, attention_mask_BS=mask_BS, mask_BT=torch.zeros(len(ids_BS), 0))
@@ -91,7 +95,7 @@ class RewardWorker(BaseWorker):
             batch, self.forward_batch_size, self.engine.cfg.zero_stage == 3, self.device,
             lambda micro: reward_scores(self.engine, micro.input_ids_BS, micro.attention_mask_BS),
             padding_free=self.padding_free)
-        return {"scores_B": scores_B, "gold_B": gold_B, "fn_failures_B": failures_B}
+        return {"scores_B": scores_B, "gold_B": gold_B, "fn_failures_B": failures_B, **outcomes}
 
     @dispatch(Dispatch.ALL)
     def reward_fn_stats(self) -> dict:

@@ -179,3 +179,64 @@ class RewardFunctionRunner:
             self.close()
         except BaseException:  # SystemExit/KeyboardInterrupt during teardown must not print tracebacks
             pass
+
+
+class BatchRewardRunner:
+    """Scores a whole batch with a task's own contained scorer (`task.score_batch`, e.g. the code task's
+    sandbox, which runs each row in its own process): the same interface as RewardFunctionRunner, plus
+    `last_outcomes` — the scorer's outcome per row (e.g. "passed", "timeout", "violation").
+
+    A row whose outcome is in `fallback_outcomes` (the scorer could not score it: "sandbox_error") and a
+    non-finite score get the fallback and count as failures; a scorer that raises gives the whole batch
+    the fallback, counted as errors. Outcomes like "timeout" or "violation" are the program's fault:
+    they are real scores (0), counted in the metrics, not failures.
+    """
+
+    def __init__(self, score_batch: Callable[[Sequence[str], Sequence[Any]], list[tuple[float, str]]],
+                 fallback: float = 0.0, fallback_outcomes: tuple[str, ...] = ("sandbox_error",)) -> None:
+        self.score_batch, self.fallback, self.fallback_outcomes = score_batch, float(fallback), fallback_outcomes
+        self.stats = RewardFnStats()
+        self.last_failures: list[str | None] = []
+        self.last_outcomes: list[str] = []
+
+    def __call__(self, responses: Sequence[str], references: Sequence[Any]) -> list[float]:
+        if len(responses) != len(references):
+            raise ValueError(f"{len(responses)} responses but {len(references)} references")
+        try:
+            rows = list(self.score_batch(responses, references))
+            if len(rows) != len(responses):
+                raise ValueError(f"score_batch returned {len(rows)} rows for {len(responses)}")
+        except Exception as exc:  # the scorer itself broke: every row gets the fallback, counted
+            description = f"{len(responses)} rows: {type(exc).__name__}: {exc}"
+            self.stats.record("errors", description, count=len(responses))
+            logger.warning("batch reward scorer error (fallback score %g): %s", self.fallback, description)
+            self.last_failures, self.last_outcomes = ["errors"] * len(responses), ["scorer_error"] * len(responses)
+            return [self.fallback] * len(responses)
+        scores, self.last_failures, self.last_outcomes = [], [], []
+        for row, (value, outcome) in enumerate(rows):
+            value, kind = float(value), None
+            if outcome in self.fallback_outcomes:
+                kind = "errors"
+            elif not math.isfinite(value):
+                kind = "non_finite"
+            if kind is not None:
+                self.stats.record(kind, f"row {row}: outcome {outcome}, score {value}")
+                value = self.fallback
+            scores.append(value)
+            self.last_failures.append(kind)
+            self.last_outcomes.append(str(outcome))
+        return scores
+
+    def failure_codes(self) -> list[int]:
+        return [0 if kind is None else 1 + FAILURE_KINDS.index(kind) for kind in self.last_failures]
+
+    def close(self) -> None:
+        pass
+
+
+def task_reward_runner(task: Any, timeout_s: float, fallback: float, limits: RewardFnLimits):
+    """The runner for `task`'s verifier: its own batch scorer when it has one (`score_batch`), else its
+    per-row `reward` in a guarded child process."""
+    if callable(getattr(task, "score_batch", None)):
+        return BatchRewardRunner(task.score_batch, fallback)
+    return RewardFunctionRunner(task.reward, timeout_s, fallback, limits)
