@@ -166,6 +166,16 @@ def test_resume_refuses_a_run_dir_that_holds_no_run(tmp_path):
     assert rlhf("recipe=quickstart", f"run_dir={tmp_path}", "resume=true", "dry_run=true").returncode == 0
 
 
+def test_a_reward_function_path_that_does_not_import_is_refused_before_ray(tmp_path, capsys):
+    code = main(["recipe=quickstart_grpo", f"run_dir={tmp_path}", "dry_run=true", "ppo.reward_role.use_task_reward=false",
+                 "ppo.reward_role.reward_fn=rlhf.tasks.arithmetic:no_such_function"])
+    err = capsys.readouterr().err
+    assert code == 2 and "ppo.reward_role.reward_fn" in err and "no attribute 'no_such_function'" in err, err
+    assert main(["recipe=quickstart_grpo", f"run_dir={tmp_path / 'ok'}", "dry_run=true",
+                 "ppo.reward_role.use_task_reward=false",
+                 "ppo.reward_role.reward_fn=rlhf.tasks.arithmetic:arithmetic_reward"]) == 0
+
+
 def test_no_arguments_checks_the_installation(capsys):
     assert main([]) == 0
     assert "installation OK" in capsys.readouterr().out
@@ -211,6 +221,9 @@ def test_prompts_without_the_reference_a_task_reward_needs_are_refused_before_an
     ("ppo.reward_role.server_concurrency=0", "reward_role.server_concurrency"),
     ("ppo.reward_role.server_max_retries=-1", "reward_role.server_max_retries"),
     ("ppo.reward_role.server_url=http://127.0.0.1:1/score", "reward.path"),  # the quickstart's RM is still set
+    ("ppo.reward_role.reward_fn=rlhf.tasks.arithmetic:arithmetic_reward", "reward.path"),  # the RM is still set
+    ("ppo.reward_role.reward_fn=not_a_dotted_path", "reward_role.reward_fn"),
+    ("ppo.task.name=no_such_user_module:Task", "ppo.task.name"),
 ])
 def test_numeric_fields_out_of_range_are_refused_before_ray_naming_the_field(tmp_path, capsys, override, names):
     """Issue 16 §13: one paragraph naming the field and what is allowed, exit 2, no traceback."""

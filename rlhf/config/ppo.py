@@ -167,13 +167,24 @@ class RewardRoleConfig:
     server_backoff_s: float = 0.5
     server_batch_size: int = 64
     server_concurrency: int = 4
+    # A user's rule-based reward function by dotted path, `package.module:function`, called as
+    # function(response_text, reference) -> float in a guarded child process like a task's reward (the
+    # fn_* limits apply). Imported by the driver when the config is checked and by the reward workers;
+    # the task (if any) still gives the gold metric.
+    reward_fn: str | None = None
 
     @property
     def uses_model(self) -> bool:
-        """Whether the scores come from a reward model (not a task's rule or a server)."""
-        return not self.use_task_reward and not self.server_url
+        """Whether the scores come from a reward model (not a task's rule, a user function or a server)."""
+        return not self.use_task_reward and not self.server_url and not self.reward_fn
 
     def __post_init__(self) -> None:
+        if self.reward_fn is not None:
+            if ":" not in str(self.reward_fn):
+                invalid("reward_role", "reward_fn", self.reward_fn, "a dotted path 'package.module:function', or null")
+            if self.use_task_reward or self.server_url:
+                invalid("reward_role", "reward_fn", self.reward_fn,
+                        "null when use_task_reward=true or server_url is set (one source of scores)")
         if self.server_url is not None:
             if not str(self.server_url).startswith(("http://", "https://")):
                 invalid("reward_role", "server_url", self.server_url, "an http:// or https:// URL, or null")
@@ -306,12 +317,12 @@ class PPOConfig:
             invalid("ppo", "actor.path", self.actor.path, "an HF model directory or hub name")
         if not self.data.train:
             invalid("ppo", "data.train", self.data.train, "a prompt dataset (hub name or local file)")
-        if not self.reward_role.use_task_reward and not self.reward_role.server_url and not self.reward.path:
+        if self.reward_role.uses_model and not self.reward.path:
             invalid("ppo", "reward.path", self.reward.path, "a reward-model directory, or set "
-                    "reward_role.use_task_reward=true with a task, or reward_role.server_url")
-        if self.reward_role.server_url and self.reward.path:
+                    "reward_role.use_task_reward=true with a task, reward_role.reward_fn or reward_role.server_url")
+        if (self.reward_role.server_url or self.reward_role.reward_fn) and self.reward.path:
             invalid("ppo", "reward.path", self.reward.path,
-                    "null when reward_role.server_url is set (one source of scores)")
+                    "null when reward_role.server_url or reward_role.reward_fn is set (one source of scores)")
         if self.reward_role.use_task_reward and not self.task.name:
             invalid("ppo", "task.name", self.task.name, "a task name when reward_role.use_task_reward=true")
         estimator = self.algorithm.advantage.estimator

@@ -120,8 +120,9 @@ def wait_all(role: str, method: str, refs: list[ray.ObjectRef], timeout_s: float
 
 
 def _worker_env(env_vars: dict[str, str] | None) -> dict[str, str]:
-    """The environment of a group's actors: `env_vars`, plus the run's thread count when the driver set one."""
-    env = {THREADS_ENV: os.environ[THREADS_ENV]} if os.environ.get(THREADS_ENV) else {}
+    """The environment of a group's actors: `env_vars`, plus the run's thread count and PYTHONPATH when the
+    driver has them (user tasks and reward functions given by dotted path import from there)."""
+    env = {name: os.environ[name] for name in (THREADS_ENV, "PYTHONPATH") if os.environ.get(name)}
     return {**env, **(env_vars or {})}
 
 

@@ -71,6 +71,10 @@ class CodeConfig:
     max_constant: int = 9  # K in [1, max_constant]
     num_train_prompts: int = 40  # capped by the distinct problems there are
     num_eval_prompts: int = 12
+    # SFT demos that carry an off-by-one bug (the constant K+1 in place of K), so the SFT policy is
+    # systematically wrong on a fraction of programs that RL, graded by the tests, can fix ("templates" only).
+    sft_error_prob: float = 0.0
+    sft_demos_per_problem: int = 1  # SFT rows per train problem, each buggy or not on its own draw
     seed: int = 0
     sandbox: dict = field(default_factory=dict)  # SandboxLimits fields (timeout_s, cpu_s, memory_mb, ...)
 
@@ -82,9 +86,11 @@ class CodeConfig:
         unknown = sorted(set(self.templates) - set(TEMPLATES))
         if unknown or not self.templates:
             problems.append(f"templates must be a non-empty subset of {sorted(TEMPLATES)}, got {list(self.templates)}")
+        if not 0.0 <= self.sft_error_prob <= 1.0:
+            problems.append(f"sft_error_prob must be in [0, 1], got {self.sft_error_prob}")
         if self.max_constant < 1:
             problems.append(f"max_constant must be >= 1, got {self.max_constant}")
-        for name in ("num_train_prompts", "num_eval_prompts"):
+        for name in ("num_train_prompts", "num_eval_prompts", "sft_demos_per_problem"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if problems:
@@ -103,6 +109,7 @@ class CodeProblem:
     entry_point: str
     solution: str  # the reference body (or whole program)
     tests: tuple[tuple[list, Any], ...]
+    buggy_solution: str | None = None  # an off-by-one variant for imperfect SFT demos (template problems)
 
     @property
     def prompt(self) -> str:
@@ -132,7 +139,8 @@ def template_problems(config: CodeConfig) -> list[CodeProblem]:
             fn = t.fn(k)
             inputs = [_template_input(t.arg, rng) for _ in range(NUM_TESTS)]
             out.append(CodeProblem(f"{name}_{k}", t.comment.format(k=k), f"def f({t.arg}):\n", "f",
-                                   f"    return {t.body.format(k=k)}\n", tuple(([v], fn(v)) for v in inputs)))
+                                   f"    return {t.body.format(k=k)}\n", tuple(([v], fn(v)) for v in inputs),
+                                   buggy_solution=f"    return {t.body.format(k=k + 1)}\n"))
     rng.shuffle(out)
     return out
 
@@ -213,6 +221,20 @@ class CodeTask:
     def prompt_rows(problems: list[CodeProblem]) -> list[dict[str, Any]]:
         return [{"prompt": p.prompt, "answer": p.reference, "name": p.name} for p in problems]
 
+    def sft_rows(self) -> list[dict[str, Any]]:
+        """{"prompt", "response", "answer", "error_type"}, `sft_demos_per_problem` rows per train problem: the
+        reference solution, or with probability `sft_error_prob` (drawn per row) its off-by-one variant
+        (error_type "off_by_one"). Several mixed demos per problem make the SFT policy uncertain where
+        the demos disagree, which gives RL's groups samples that differ."""
+        rng = random.Random(f"code/{self.config.seed}/sft")
+        rows = []
+        for p in self.train_problems:
+            for _ in range(self.config.sft_demos_per_problem):
+                buggy = p.buggy_solution is not None and rng.random() < self.config.sft_error_prob
+                rows.append({"prompt": p.prompt, "response": p.buggy_solution if buggy else p.solution,
+                             "answer": p.reference, "error_type": "off_by_one" if buggy else None})
+        return rows
+
     def write_files(self, out_dir: str | Path) -> dict[str, Path]:
         """train_prompts / eval_prompts ({"prompt", "answer" (the reference JSON), "name"}), sft ({"prompt",
         "response"}: the reference solutions of the train problems) and manifest.json."""
@@ -220,8 +242,7 @@ class CodeTask:
         paths = {
             "train_prompts": write_jsonl(out / "train_prompts.jsonl", self.prompt_rows(self.train_problems)),
             "eval_prompts": write_jsonl(out / "eval_prompts.jsonl", self.prompt_rows(self.eval_problems)),
-            "sft": write_jsonl(out / "sft.jsonl", [{"prompt": p.prompt, "response": p.solution, "answer": p.reference}
-                                                  for p in self.train_problems]),
+            "sft": write_jsonl(out / "sft.jsonl", self.sft_rows()),
         }
         manifest = {"task": self.name, "config": asdict(self.config),
                     "files": {name: path.name for name, path in paths.items()},

@@ -276,6 +276,16 @@ def _validate_stage(cfg: RunConfig, stage: str) -> None:
                 get_task(name, **dict(kwargs))
             except (ValueError, TypeError) as exc:
                 raise PipelineError(f"{name_field}={name!r} / {kwargs_field}: {exc}") from None
+    if stage == "ppo" and cfg.ppo.reward_role.reward_fn:  # imported here first: a bad path fails before Ray starts
+        from rlhf.tasks.registry import import_object
+
+        try:
+            fn = import_object(cfg.ppo.reward_role.reward_fn, "reward function")
+        except ValueError as exc:
+            raise PipelineError(f"ppo.reward_role.reward_fn: {exc}") from None
+        if not callable(fn):
+            raise PipelineError(f"ppo.reward_role.reward_fn={cfg.ppo.reward_role.reward_fn!r} is a "
+                                f"{type(fn).__name__}, not a function (response, reference) -> float")
 
 
 def _check_inputs(cfg: RunConfig, run_dir: Path, decisions: list[StageDecision]) -> None:

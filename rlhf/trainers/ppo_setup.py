@@ -58,6 +58,7 @@ def init_models(cfg: PPOConfig, groups) -> None:
     pending.append(groups["reward"].call_async(
         "init_model", cfg.reward.path or None, cfg.reward.options, engines.reward, fwd, task=cfg.task.name,
         task_kwargs=dict(cfg.task.kwargs), use_task_reward=cfg.reward_role.use_task_reward,
+        reward_fn=cfg.reward_role.reward_fn,
         reward_fn_timeout_s=cfg.reward_role.fn_timeout_s, reward_fn_fallback=cfg.reward_role.fn_fallback,
         reward_fn_limits=RewardFnLimits(cfg.reward_role.fn_memory_mb, cfg.reward_role.fn_cpu_s),
         server=reward_server_spec(cfg.reward_role), tokenizer_path=cfg.reward.tokenizer_path,

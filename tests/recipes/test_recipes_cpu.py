@@ -311,7 +311,7 @@ def test_ppo_scores_with_a_reward_server_and_stops_on_one_that_mis_scores(quicks
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())["ppo"]
     assert summary["reward_fn_errors"] == 0
 
-    bad = rlhf(*args, f"run_dir={tmp_path / 'bad'}", f"ppo.reward_role.server_url={url}/wrong_count")
+    bad = rlhf(*args, f"run_dir={bad_dir}", f"ppo.reward_role.server_url={url}/wrong_count")
     assert bad.returncode != 0
     assert "the reward server failed on 100% of 16 rows (errors 16" in bad.stderr
     assert "returned 15 scores for 16 rows" in bad.stderr
@@ -452,3 +452,60 @@ def test_quickstart_with_lora_on_every_trained_role_exports_plain_models_and_tra
                      "ppo.trainer.total_steps=3", *lora, *smoke))
     assert "stage ppo: resuming" in result.stderr
     assert [r["step"] for r in records(run_dir) if r["stage"] == "ppo"] == [0, 1, 2, 3]
+
+
+def test_user_task_and_reward_function_by_dotted_path_run_in_the_workers(quickstart, tmp_path):
+    """A task and a reward function from a module outside the package, named by dotted path, from a
+    directory that is not on sys.path: the driver imports them to check the config, the reward workers
+    (other processes) import them to score; the gold metric is the user task's verifier."""
+    run_dir, bad_dir = tmp_path / "run", tmp_path / "bad"
+    for part in ("data", "base", "sft"):
+        shutil.copytree(quickstart / part, run_dir / part)
+        shutil.copytree(quickstart / part, bad_dir / part)
+    common = ["recipe=quickstart_grpo", "stages=[ppo]", "logging=quiet", "ppo.trainer.total_steps=2",
+              "ppo.rollout.prompts_per_step=4", "ppo.algorithm.update.micro_batch_size=4",
+              "ppo.engines.forward_micro_batch_size=8", "ppo.data.max_eval_prompts=8",
+              "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    user_dir = Path(__file__).with_name("user_code")
+    result = subprocess.run(
+        [str(RLHF), *common, f"run_dir={run_dir}", "ppo.task.name=user_rewards:EvenAnswerTask",
+         "ppo.reward_role.use_task_reward=false", "ppo.reward_role.reward_fn=user_rewards:short_answer_reward"],
+        capture_output=True, text=True, timeout=600, cwd=user_dir, env=env)
+    ok(result)
+    history = [r for r in records(run_dir) if r.get("stage") == "ppo"]
+    steps = [r for r in history if "reward/mean" in r]
+    assert len(steps) == 2
+    # the scores are the user function's (answers of <= 2 characters), the gold is the user task's (even)
+    assert all(0.0 <= r["reward/mean"] <= 1.0 and 0.0 <= r["gold/mean"] <= 1.0 for r in steps)
+    assert any(r["reward/mean"] != r["gold/mean"] for r in steps)
+    summary = json.loads((run_dir / "summary.json").read_text())["ppo"]
+    assert "gold_reward_final" in summary and summary["reward_fn_errors"] == 0
+
+    bad = subprocess.run([str(RLHF), *common, f"run_dir={bad_dir}", "ppo.reward_role.use_task_reward=false",
+                          "ppo.reward_role.reward_fn=user_rewards_missing:score"],
+                         capture_output=True, text=True, timeout=600, cwd=user_dir, env=env)
+    assert bad.returncode != 0
+    assert "ppo.reward_role.reward_fn" in bad.stderr and "user_rewards_missing" in bad.stderr, bad.stderr[-2000:]
+
+
+def test_code_sandbox_smoke_runs_programs_in_the_sandbox_through_the_real_command(tmp_path):
+    """The code task end to end: prepare (problems + a code-tokenizer tiny model), SFT, GRPO whose reward is
+    the unit tests run in the sandbox; every scored row has a sandbox outcome, counted per step and per run."""
+    run_dir = tmp_path / "run"
+    ok(rlhf("recipe=code_sandbox", f"run_dir={run_dir}", "logging=quiet",
+            "prepare.task_kwargs.max_constant=4", "prepare.task_kwargs.num_train_prompts=20",
+            "prepare.task_kwargs.num_eval_prompts=4", "sft.trainer.total_steps=2", "sft.trainer.batch_size=8",
+            "sft.trainer.micro_batch_size=8", "sft.engine.warmup_steps=0", "sft.gold_eval.max_prompts=4",
+            "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4", "ppo.rollout.max_new_tokens=12",
+            "ppo.algorithm.update.micro_batch_size=8", "ppo.engines.forward_micro_batch_size=16",
+            "ppo.data.max_eval_prompts=4", "ppo.trainer.eval_samples_per_prompt=1"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0.0 <= summary["sft"]["gold_accuracy"] <= 1.0
+    ppo = summary["ppo"]
+    outcomes = {k: v for k, v in ppo.items() if k.startswith("reward_outcome_")}
+    assert sum(outcomes.values()) == 2 * 4 * 4  # steps x prompts x samples: every row scored by the sandbox
+    assert ppo["reward_fn_errors"] == 0  # no sandbox failure
+    steps = [r for r in records(run_dir) if r.get("stage") == "ppo" and "reward/mean" in r]
+    assert all(sum(v for k, v in r.items() if k.startswith("reward/outcome_")) == 16 for r in steps)
+    assert (run_dir / "data" / "eval_prompts.jsonl").exists() and (run_dir / "ppo" / "final").exists()
