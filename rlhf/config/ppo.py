@@ -248,6 +248,9 @@ class TrainerConfig:
     hacking_patience: int = 2
     hacking_gold_tolerance: float = 0.02  # a gold drop up to this is noise, not divergence; >= 0
     stop_on_reward_hacking: bool = False  # true: stop the run at the alarm, naming the last good checkpoint
+    # Write each step's rollouts (token ids, masks, behaviour and reference log-probs, scores, gold, group
+    # ids, weight version) as <stage>/rollouts/step_NNNNNN.parquet, atomically (rlhf/trainers/rollout_store.py)
+    save_rollouts: bool = False
 
     def __post_init__(self) -> None:
         if self.hacking_patience < 0:

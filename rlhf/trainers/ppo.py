@@ -38,6 +38,7 @@ from rlhf.workers.faults import maybe_crash
 from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summary_table, write_summary
 from rlhf.trainers.monitor import RewardHackingMonitor
 from rlhf.trainers.non_finite import NonFiniteRunError, stop_named_on_non_finite
+from rlhf.trainers.rollout_store import write_rollout_shard
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class PPOTrainer:
         self.state = ControllerState()
         self.hacking = RewardHackingMonitor(cfg.trainer.hacking_patience, cfg.trainer.hacking_gold_tolerance)
         self.metrics: MetricsLogger | None = None
+        self.weight_version = 0  # the rollout engines' weights: the actor's updates at the last sync
 
     # --- the run -------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, float]:
@@ -166,6 +168,9 @@ class PPOTrainer:
             batch = self.rollout(step)
         with timer("score"):
             batch = self.score(batch)
+        if self.cfg.trainer.save_rollouts:
+            with timer("save_rollouts"):
+                write_rollout_shard(self.stage_dir, step, batch, self.weight_version)
         with timer("advantages"):
             batch = self.compute_advantages(batch)
         metrics = self.rollout_metrics(batch)
@@ -211,7 +216,9 @@ class PPOTrainer:
     def sync_weights(self) -> dict[str, float]:
         """Push the actor's current weights to its rollout engines (`sync/*` metrics); each later
         rollout is checked against this version (a stale one is a StaleWeightsError)."""
-        return dict(self.groups["actor"].call("sync_rollout_weights"))
+        metrics = dict(self.groups["actor"].call("sync_rollout_weights"))
+        self.weight_version = int(metrics.get("sync/weight_version", self.weight_version))
+        return metrics
 
     def score(self, batch: RolloutBatch) -> RolloutBatch:
         """Reference log-probs, critic values and reward scores, computed concurrently."""

@@ -198,10 +198,26 @@ def test_quickstart_grpo_reuses_earlier_stage_outputs(quickstart, tmp_path):
             "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4", "ppo.algorithm.update.micro_batch_size=4",
             "ppo.engines.forward_micro_batch_size=8", "ppo.data.max_eval_prompts=8",
             # the copied data was written with the quickstart smoke's task size
-            "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16"))
+            "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16",
+            "ppo.trainer.save_rollouts=true"))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["ppo"]["steps"] == 2 and "gold_reward_final" in summary["ppo"]
     assert not (run_dir / "ppo" / "final_critic").exists()  # critic-free
+    # the saved rollouts: one shard per step, loadable by `datasets`, matching the step's metrics
+    import datasets
+
+    shards = sorted(p.name for p in (run_dir / "ppo" / "rollouts").iterdir())
+    assert shards == ["step_000001.parquet", "step_000002.parquet"]
+    rows = datasets.load_dataset("parquet", data_files=str(run_dir / "ppo" / "rollouts" / "*.parquet"), split="train")
+    assert len(rows) == 2 * 4 * 4 and sorted(set(rows["step"])) == [1, 2]  # steps x prompts x samples
+    history = {r["step"]: r for r in records(run_dir) if r.get("stage") == "ppo" and "reward/mean" in r}
+    for step in (1, 2):
+        scores = [s for s, st in zip(rows["score"], rows["step"]) if st == step]
+        assert abs(sum(scores) / len(scores) - history[step]["reward/mean"]) < 1e-5
+    assert all(len(ids) == len(lp) == len(m) for ids, lp, m in
+               zip(rows["response_ids"], rows["behaviour_logprobs"], rows["response_mask"]))
+    versions = sorted(set(rows["weight_version"]))
+    assert len(versions) == 2 and versions[0] < versions[1]  # step 2 sampled with the weights step 1 trained
 
 
 def test_sigterm_preempts_with_exit_5_and_a_checkpoint_then_resume_finishes(quickstart, tmp_path):
