@@ -211,6 +211,23 @@ class RewardRoleConfig:
 
 
 @dataclass
+class EnvConfig:
+    """Multi-turn episodes with an environment instead of single responses (rlhf/envs/base.py)."""
+
+    name: str | None = None  # a registered environment or a dotted path 'package.module:Class'; null = none
+    kwargs: dict = field(default_factory=dict)  # the environment's constructor arguments
+    max_turns: int = 4  # policy turns per episode; >= 1
+    # Response-block tokens (policy and environment) after which an episode ends; a policy turn is never
+    # cut, so the block may reach max_tokens + rollout.max_new_tokens - 1.
+    max_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_turns", "max_tokens"):
+            if getattr(self, name) < 1:
+                invalid("env", name, getattr(self, name), "an int >= 1")
+
+
+@dataclass
 class TaskConfig:
     """A built-in task (`rlhf.tasks`): its verifier gives the gold reward metric (and RLVR rewards)."""
 
@@ -293,6 +310,7 @@ class PPOConfig:
     reward_role: RewardRoleConfig = field(default_factory=RewardRoleConfig)
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     engines: RoleEngines = field(default_factory=RoleEngines)
@@ -303,7 +321,7 @@ class PPOConfig:
 
     def roles(self) -> list[str]:
         """The worker groups this run creates: no critic for critic-free estimators."""
-        roles = ["actor", "reference", "reward"]
+        roles = ["actor", "reference"] + ([] if self.env.name else ["reward"])  # an environment rewards itself
         if self.algorithm.advantage.needs_critic:
             roles.insert(1, "critic")
         return roles
@@ -320,7 +338,9 @@ class PPOConfig:
             invalid("ppo", "actor.path", self.actor.path, "an HF model directory or hub name")
         if not self.data.train:
             invalid("ppo", "data.train", self.data.train, "a prompt dataset (hub name or local file)")
-        if self.reward_role.uses_model and not self.reward.path:
+        if self.env.name:
+            self._validate_env()
+        elif self.reward_role.uses_model and not self.reward.path:
             invalid("ppo", "reward.path", self.reward.path, "a reward-model directory, or set "
                     "reward_role.use_task_reward=true with a task, reward_role.reward_fn or reward_role.server_url")
         if (self.reward_role.server_url or self.reward_role.reward_fn) and self.reward.path:
@@ -334,6 +354,16 @@ class PPOConfig:
                     f">= 2 for the group-baseline estimator {estimator!r}")
         self._validate_batch_split()
         self._validate_rollout_engine()
+
+    def _validate_env(self) -> None:
+        role = self.reward_role
+        for name, value in (("reward.path", self.reward.path), ("reward_role.server_url", role.server_url),
+                            ("reward_role.reward_fn", role.reward_fn)):
+            if value:
+                invalid("ppo", name, value, "null when env.name is set (the environment gives the rewards)")
+        if role.use_task_reward:
+            invalid("ppo", "reward_role.use_task_reward", True, "false when env.name is set (the environment "
+                    "gives the rewards)")
 
     def _validate_rollout_engine(self) -> None:
         rollout, correction = self.rollout, self.algorithm.rollout_correction

@@ -21,7 +21,7 @@ import torch
 # Which dimension of each tensor field is "time", for padding; rows are always dimension 0.
 _TOKEN_FIELDS_BT = (
     "mask_BT", "old_logprobs_BT", "ref_logprobs_BT", "values_BT", "rewards_BT", "kl_BT",
-    "advantages_BT", "returns_BT", "rollout_logprobs_BT",
+    "advantages_BT", "returns_BT", "rollout_logprobs_BT", "turn_rewards_BT",
 )
 _SEQUENCE_FIELDS_BS = ("input_ids_BS", "attention_mask_BS")
 _ROW_FIELDS_B = ("scores_B", "gold_B", "group_ids_B", "truncated_B")
@@ -56,6 +56,9 @@ class RolloutBatch:
     returns_BT: torch.Tensor | None = None  # [B, T] float, per token: critic regression targets
     # [B, T] float, per token: the sampler's log-probs, kept when old_logprobs_BT were recomputed by the trainer
     rollout_logprobs_BT: torch.Tensor | None = None
+    # [B, T] float, per token: an episode's per-turn environment rewards, each at its turn's last sampled token
+    # (multi-turn episodes, rlhf/envs/episode.py); scores_B is then their sum
+    turn_rewards_BT: torch.Tensor | None = None
     # --- text, per sequence ----------------------------------------------------------------------
     prompts: list[str] | None = None  # B prompt strings (as given to the tokenizer)
     # B prompts as the dataset gave them (a string or chat messages; None where truncated): what a reward

@@ -276,6 +276,13 @@ def _validate_stage(cfg: RunConfig, stage: str) -> None:
                 get_task(name, **dict(kwargs))
             except (ValueError, TypeError) as exc:
                 raise PipelineError(f"{name_field}={name!r} / {kwargs_field}: {exc}") from None
+    if stage == "ppo" and cfg.ppo.env.name:  # a registered name, or a dotted path imported here first
+        from rlhf.envs import env_class
+
+        try:
+            env_class(cfg.ppo.env.name)
+        except ValueError as exc:
+            raise PipelineError(f"ppo.env.name: {exc}") from None
     if stage == "ppo" and cfg.ppo.reward_role.reward_fn:  # imported here first: a bad path fails before Ray starts
         from rlhf.tasks.registry import import_object
 

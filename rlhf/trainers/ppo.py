@@ -39,6 +39,7 @@ from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summar
 from rlhf.trainers.monitor import RewardHackingMonitor
 from rlhf.trainers.non_finite import NonFiniteRunError, stop_named_on_non_finite
 from rlhf.trainers.rollout_store import write_rollout_shard
+from rlhf.envs.episode import split_final_reward
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,9 @@ class PPOTrainer:
     """
 
     def __init__(self, cfg: PPOConfig, groups, train_prompts, eval_prompts=None, *, run_dir: str | Path,
-                 stage: str = "ppo") -> None:
+                 stage: str = "ppo", episodes=None) -> None:
         self.cfg, self.groups, self.stage = cfg, groups, stage
+        self.episodes = episodes  # an EpisodeRunner (rlhf/trainers/episodes.py) when ppo.env is set
         self.train_prompts, self.eval_prompts = train_prompts, list(eval_prompts or [])
         self.run_dir = Path(run_dir)
         self.stage_dir = self.run_dir / stage
@@ -191,13 +193,20 @@ class PPOTrainer:
         """Actor generates `samples_per_prompt` responses for the next prompt batch."""
         examples = [self.train_prompts[i] for i in self.sampler.next_batch()]
         params = self._sampling(seed=_mix(self.cfg.trainer.seed, step))
-        batch = self.groups["actor"].call("generate", [(list(e.input_ids), e.reference) for e in examples], params)
+        batch = self._sample(examples, params)
         # Each rank numbered its own prompts: renumber globally (rows keep prompt-major order).
         batch.group_ids_B = torch.arange(len(examples)).repeat_interleave(params.n)
         batch.raw_prompts = _raw_prompts(examples, params.n)
         if self.cfg.rollout.recompute(self.cfg.engines.actor.dtype):
             self._recompute_old_logprobs(batch)
         return batch
+
+    def _sample(self, examples, params) -> RolloutBatch:
+        """`params.n` responses per example — or, with an environment, `params.n` episodes per example,
+        scored by their environments (scores_B, gold_B, turn_rewards_BT set)."""
+        if self.episodes is not None:
+            return self.episodes.run(self.groups["actor"], examples, params, seed=params.seed or 0)
+        return self.groups["actor"].call("generate", [(list(e.input_ids), e.reference) for e in examples], params)
 
     def _recompute_old_logprobs(self, batch: RolloutBatch) -> None:
         """Old log-probs from the actor's training forward; the sampler's only measure the gap:
@@ -225,9 +234,11 @@ class PPOTrainer:
         temperature = self.cfg.rollout.temperature
         ref = self.groups["reference"].call_async("logprobs", batch, temperature)
         values = self.groups["critic"].call_async("values", batch) if "critic" in self.groups else None
-        scores = self.groups["reward"].call_async("score", batch)
+        scores = self.groups["reward"].call_async("score", batch) if "reward" in self.groups else None
         batch.ref_logprobs_BT = ref.result()
         batch.values_BT = values.result() if values is not None else None
+        if scores is None:  # an environment scored its episodes while they ran
+            return batch
         scored = scores.result()
         batch.scores_B, batch.gold_B = scored["scores_B"].float(), scored["gold_B"].float()
         failures = self._fn_failures(scored, "reward")
@@ -267,11 +278,16 @@ class PPOTrainer:
     def compute_advantages(self, batch: RolloutBatch) -> RolloutBatch:
         """KL-penalized token rewards, then advantages and returns (GAE, or a critic-free estimator)."""
         algo = self.cfg.algorithm
-        shaped_B = shape_scores(batch.scores_B, batch.truncated_B, algo.reward.normalize_mean,
+        final_B, earlier_BT = batch.scores_B, None
+        if batch.turn_rewards_BT is not None:  # episodes: the last turn's reward is shaped like a score
+            final_B, earlier_BT = split_final_reward(batch.turn_rewards_BT, batch.mask_BT)
+        shaped_B = shape_scores(final_B, batch.truncated_B, algo.reward.normalize_mean,
                                 algo.reward.normalize_std, algo.reward.clip, algo.reward.missing_eos_penalty)
         kl_coef = self.kl_ctl.value if algo.kl.in_reward else 0.0
         batch.rewards_BT, batch.kl_BT = kl_penalized_rewards(shaped_B, batch.old_logprobs_BT, batch.ref_logprobs_BT,
                                                              batch.mask_BT, kl_coef, algo.kl.estimator)
+        if earlier_BT is not None:  # earlier turns' rewards at their own turns' last sampled tokens
+            batch.rewards_BT = batch.rewards_BT + earlier_BT
         adv = algo.advantage
         if adv.needs_critic:
             advantages_BT, batch.returns_BT = gae(batch.rewards_BT, batch.values_BT, batch.mask_BT, adv.gamma, adv.lam)
@@ -314,16 +330,18 @@ class PPOTrainer:
         sampled figures are means over `trainer.eval_samples_per_prompt` samples of every prompt."""
         if not self.eval_prompts:
             return {}
-        items = [(list(e.input_ids), e.reference) for e in self.eval_prompts]
         temperature = self.cfg.trainer.eval_temperature or self.cfg.rollout.temperature
         out = {}
         for name, params in (("greedy", self._sampling(seed=0, greedy=True, n=1)),
                              ("sampled", self._sampling(seed=_mix(self.cfg.trainer.seed, -1),
                                                         n=self.cfg.trainer.eval_samples_per_prompt,
                                                         temperature=temperature))):
-            batch = self.groups["actor"].call("generate", items, params)
+            batch = self._sample(self.eval_prompts, params)
             batch.raw_prompts = _raw_prompts(self.eval_prompts, params.n)
-            scored = self.groups["reward"].call("score", batch)
+            scored = (self.groups["reward"].call("score", batch) if "reward" in self.groups
+                      else {"scores_B": batch.scores_B, "gold_B": batch.gold_B})
+            out.update({f"eval/{name}/{k[len('episode/'):]}": v for k, v in batch.extra.items()
+                        if k.startswith("episode/")})
             scores_B, gold_B = scored["scores_B"].float(), scored["gold_B"].float()  # the monitor reads the last: sampled
             out.update({k.replace("eval/fn_", f"eval/reward_fn_{name}_"): v
                         for k, v in self._fn_failures(scored, "eval").items() if k != "eval/fn_failure_frac"})
@@ -370,7 +388,8 @@ class PPOTrainer:
         }
         if not torch.isnan(batch.gold_B).all():
             m["gold/mean"] = float(batch.gold_B.mean())
-        m.update({k: v for k, v in batch.extra.items() if k.startswith(("rollout/", "reward/fn_", "reward/outcome_"))})
+        m.update({k: v for k, v in batch.extra.items()
+                  if k.startswith(("rollout/", "reward/fn_", "reward/outcome_", "episode/"))})
         if batch.values_BT is not None:
             m["critic/values_mean"] = float(masked_mean(batch.values_BT, mask_BT))
             m["critic/explained_variance"] = float(explained_variance(batch.values_BT, batch.returns_BT, mask_BT))

@@ -55,17 +55,20 @@ def init_models(cfg: PPOConfig, groups) -> None:
             critic_accum, cfg.critic.tokenizer_path or tokenizer))
     pending.append(groups["reference"].call_async("init_model", cfg.reference_path(), cfg.reference.options,
                                                   engines.reference, fwd))
-    pending.append(groups["reward"].call_async(
-        "init_model", cfg.reward.path or None, cfg.reward.options, engines.reward, fwd, task=cfg.task.name,
-        task_kwargs=dict(cfg.task.kwargs), use_task_reward=cfg.reward_role.use_task_reward,
-        reward_fn=cfg.reward_role.reward_fn,
-        reward_fn_timeout_s=cfg.reward_role.fn_timeout_s, reward_fn_fallback=cfg.reward_role.fn_fallback,
-        reward_fn_limits=RewardFnLimits(cfg.reward_role.fn_memory_mb, cfg.reward_role.fn_cpu_s),
-        server=reward_server_spec(cfg.reward_role), tokenizer_path=cfg.reward.tokenizer_path,
-        actor_tokenizer_path=tokenizer or cfg.actor.path, use_chat_template=cfg.reward.use_chat_template))
+    if "reward" in groups:  # an environment (ppo.env) scores its own episodes: no reward role
+        pending.append(groups["reward"].call_async(
+            "init_model", cfg.reward.path or None, cfg.reward.options, engines.reward, fwd, task=cfg.task.name,
+            task_kwargs=dict(cfg.task.kwargs), use_task_reward=cfg.reward_role.use_task_reward,
+            reward_fn=cfg.reward_role.reward_fn,
+            reward_fn_timeout_s=cfg.reward_role.fn_timeout_s, reward_fn_fallback=cfg.reward_role.fn_fallback,
+            reward_fn_limits=RewardFnLimits(cfg.reward_role.fn_memory_mb, cfg.reward_role.fn_cpu_s),
+            server=reward_server_spec(cfg.reward_role), tokenizer_path=cfg.reward.tokenizer_path,
+            actor_tokenizer_path=tokenizer or cfg.actor.path, use_chat_template=cfg.reward.use_chat_template))
     for call in pending:
         call.result()
     max_model_len = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens
+    if cfg.env.name:  # an episode's context: the prompt, its response block, then one more policy turn
+        max_model_len += cfg.env.max_tokens
     groups["actor"].call("init_rollout", cfg.rollout, max_model_len, cfg.trainer.seed)
 
 

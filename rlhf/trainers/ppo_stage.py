@@ -40,6 +40,16 @@ def load_prompts(cfg: PPOConfig):
     return train, evaluation
 
 
+def episode_runner(cfg: PPOConfig):
+    """The EpisodeRunner of `ppo.env` (rlhf/trainers/episodes.py), or None for single responses."""
+    if not cfg.env.name:
+        return None
+    from rlhf.trainers.episodes import EpisodeRunner
+
+    tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, padding_side="left")
+    return EpisodeRunner(cfg.env.name, dict(cfg.env.kwargs), cfg.env.max_turns, cfg.env.max_tokens, tokenizer)
+
+
 def init_ray(num_cpus: float | None = None) -> None:
     """Join the Ray cluster named by RAY_ADDRESS, or start a private local one bound to loopback.
 
@@ -89,7 +99,8 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, resume: bool = False, stage: st
     while True:
         groups = start_worker_groups(cfg)
         try:
-            trainer = PPOTrainer(cfg, groups, train, evaluation, run_dir=run_dir, stage=stage)
+            trainer = PPOTrainer(cfg, groups, train, evaluation, run_dir=run_dir, stage=stage,
+                                 episodes=episode_runner(cfg))
             summary = trainer.fit(resume=resume or restarts > 0)
             if restarts:
                 summary.update(write_summary(Path(run_dir) / "summary.json", stage, {"worker_restarts": restarts})[stage])

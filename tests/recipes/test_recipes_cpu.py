@@ -525,3 +525,41 @@ def test_code_sandbox_smoke_runs_programs_in_the_sandbox_through_the_real_comman
     steps = [r for r in records(run_dir) if r.get("stage") == "ppo" and "reward/mean" in r]
     assert all(sum(v for k, v in r.items() if k.startswith("reward/outcome_")) == 16 for r in steps)
     assert (run_dir / "data" / "eval_prompts.jsonl").exists() and (run_dir / "ppo" / "final").exists()
+
+
+def test_a_user_environment_by_dotted_path_plays_multi_turn_episodes_through_the_real_command(quickstart, tmp_path):
+    """GRPO on two-turn episodes of an environment defined outside the package (a wrong answer gets a
+    second try): no reward role, the environment's rewards and gold, episode metrics, saved rollouts whose
+    masks leave the environment's tokens out."""
+    run_dir = tmp_path / "run"
+    for part in ("data", "base", "sft"):
+        shutil.copytree(quickstart / part, run_dir / part)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(RLHF), "recipe=quickstart_grpo", f"run_dir={run_dir}", "stages=[ppo]", "logging=quiet",
+         "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4", "ppo.algorithm.update.micro_batch_size=4",
+         "ppo.engines.forward_micro_batch_size=8", "ppo.data.max_eval_prompts=8",
+         "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16",
+         "ppo.reward_role.use_task_reward=false", "ppo.env.name=user_envs:RetryArithmetic",
+         "ppo.env.max_turns=2", "ppo.env.max_tokens=12", "+ppo.env.kwargs.first_try_bonus=0.5",
+         "ppo.trainer.save_rollouts=true"],
+        capture_output=True, text=True, timeout=600, cwd=Path(__file__).with_name("user_code"), env=env)
+    ok(result)
+    steps = [r for r in records(run_dir) if r.get("stage") == "ppo" and "reward/mean" in r]
+    assert len(steps) == 2
+    for r in steps:
+        ended = sum(r[f"episode/end_{reason}"] for reason in ("done", "max_turns", "max_tokens", "env_error"))
+        assert ended == 16 and r["episode/end_env_error"] == 0  # 4 prompts x 4 episodes
+        assert 1.0 <= r["episode/turns_mean"] <= 2.0
+    evals = [r for r in records(run_dir) if r.get("stage") == "ppo" and "eval/gold_sampled" in r]
+    assert evals and all("eval/sampled/end_done" in r for r in evals)
+    import datasets
+
+    rows = datasets.load_dataset("parquet", data_files=str(run_dir / "ppo" / "rollouts" / "*.parquet"), split="train")
+    two_turn = [(m, s) for m, s in zip(rows["response_mask"], rows["score"]) if 0 in m]
+    for mask, score in two_turn:  # policy turn, "=" from the environment (mask 0), policy turn
+        assert mask.count(0) == 1 and score in (0.0, 1.0)
+    firsts = [s for m, s in zip(rows["response_mask"], rows["score"]) if 0 not in m]
+    assert all(s in (0.0, 1.5) for s in firsts)  # right on the first try: 1 + the bonus from env kwargs
+    summary = json.loads((run_dir / "summary.json").read_text())["ppo"]
+    assert "gold_reward_final" in summary
