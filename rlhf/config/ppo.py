@@ -326,6 +326,17 @@ class PPOConfig:
             roles.insert(1, "critic")
         return roles
 
+    def response_tokens(self) -> int:
+        """T, the longest response block: one response, or an episode's block (env.max_tokens, past which
+        no observation is added, plus at most one more policy turn)."""
+        if self.env.name:
+            return self.env.max_tokens + self.rollout.max_new_tokens - 1
+        return self.rollout.max_new_tokens
+
+    def max_model_len(self) -> int:
+        """The longest sequence the models see: the prompt and its response block."""
+        return self.data.max_prompt_len + self.response_tokens()
+
     def critic_path(self) -> str:
         return self.critic.path or self.reward.path or self.actor.path
 

@@ -281,7 +281,7 @@ def estimate_role_memory(cfg: PPOConfig, role: str, model_config: "PretrainedCon
     if trained and engine.offload_optimizer:
         cpu, optimizer = cpu + optimizer, 0.0
 
-    P, T = cfg.data.max_prompt_len, cfg.rollout.max_new_tokens
+    P, T = cfg.data.max_prompt_len, cfg.response_tokens()
     S = P + T
     V, H, L = shape.vocab_size, shape.hidden_size, shape.num_layers
     act = shape.activation_bytes_per_token_layer(b)

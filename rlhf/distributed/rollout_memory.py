@@ -18,7 +18,7 @@ def rollout_estimate(cfg: PPOConfig, actor: MemoryEstimate, gpu_memory_gib: floa
     """One colocated engine's reservation on one actor GPU: weights (the full model in vLLM's dtype,
     no ZeRO sharding) and KV cache filling the rest of the reserved fraction."""
     vllm = cfg.rollout.vllm
-    options = vllm.llm_options(actor.dtype, cfg.data.max_prompt_len + cfg.rollout.max_new_tokens)
+    options = vllm.llm_options(actor.dtype, cfg.max_model_len())
     reserved = vllm.gpu_memory_utilization * gpu_memory_gib
     weights = actor.parameters * _DTYPE_BYTES[options["dtype"]] / GIB
     return MemoryEstimate(

@@ -9,7 +9,7 @@
     result.reason, result.score     # "passed", 1.0
 """
 from rlhf.envs.base import Env, StepResult, available_envs, env_class, make_env, register_env
-from rlhf.envs import guess_number  # noqa: E402,F401  (registers "guess_number")
+from rlhf.envs import calculator, guess_number  # noqa: E402,F401  (registers "calculator", "guess_number")
 from rlhf.envs.episode import END_REASONS, Episode, assemble
 
 __all__ = ["Env", "StepResult", "available_envs", "env_class", "make_env", "register_env", "END_REASONS",

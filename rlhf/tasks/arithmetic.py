@@ -29,16 +29,15 @@ and an echoed prompt "23+58=81" (more than one integer). The verifier never rais
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf.tasks.registry import register_task, write_jsonl
+from rlhf.tasks.registry import register_task, task_config, write_jsonl, write_manifest
 
 OPERATORS = ("+", "-", "*")
 SFT_ERROR_MODELS = ("carry", "uniform", "none")
@@ -283,12 +282,7 @@ class ArithmeticTask:
     name = "arithmetic"
 
     def __init__(self, config: ArithmeticConfig | None = None, **overrides: Any):
-        valid = {f.name for f in fields(ArithmeticConfig)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(f"unknown arithmetic task option(s) {unknown}; valid: {sorted(valid)}")
-        base = asdict(config) if config is not None else {}
-        self.config = ArithmeticConfig(**{**base, **overrides})
+        self.config = task_config(ArithmeticConfig, "arithmetic", config, overrides)
         c = self.config
         self.eval_problems = sample_problems(c, c.num_eval_prompts, self._rng("eval"))
         self.train_problems = sample_problems(c, c.num_train_prompts, self._rng("train"),
@@ -367,8 +361,5 @@ class ArithmeticTask:
             "sft_error_types": dict(Counter(r["error_type"] for r in sft if r["error_type"] is not None)),
             "negative_types": {split: dict(Counter(r["negative_type"] for r in rows)) for split, rows in pairs.items()},
         }
-        tmp = out / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(out / "manifest.json")
-        paths["manifest"] = out / "manifest.json"
+        paths["manifest"] = write_manifest(out, manifest)
         return paths

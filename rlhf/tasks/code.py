@@ -28,12 +28,12 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rlhf.envs.sandbox import Program, ProgramResult, SandboxLimits, run_programs
-from rlhf.tasks.registry import register_task, write_jsonl
+from rlhf.tasks.registry import register_task, task_config, write_jsonl, write_manifest
 
 SHIPPED = Path(__file__).with_name("data") / "code_problems.jsonl"
 SOURCES = ("templates", "shipped")
@@ -193,11 +193,7 @@ class CodeTask:
     name = "code"
 
     def __init__(self, config: CodeConfig | None = None, **overrides: Any):
-        valid = {f.name for f in fields(CodeConfig)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(f"unknown code task option(s) {unknown}; valid: {sorted(valid)}")
-        self.config = CodeConfig(**{**(asdict(config) if config else {}), **overrides})
+        self.config = task_config(CodeConfig, "code", config, overrides)
         self.limits = SandboxLimits(**dict(self.config.sandbox))
         problems = template_problems(self.config) if self.config.source == "templates" else shipped_problems()
         n_eval = min(self.config.num_eval_prompts, len(problems) // 2)
@@ -248,5 +244,5 @@ class CodeTask:
                     "files": {name: path.name for name, path in paths.items()},
                     "problems": {"train": [p.name for p in self.train_problems],
                                  "eval": [p.name for p in self.eval_problems]}}
-        paths["manifest"] = write_jsonl(out / "manifest.jsonl", [manifest])
+        paths["manifest"] = write_manifest(out, manifest)
         return paths

@@ -61,6 +61,28 @@ def get_task(name: str, **kwargs: Any) -> Task:
                      f"'package.module:TaskClass'")
 
 
+def task_config(config_cls: type, task_name: str, config: Any = None, overrides: dict | None = None) -> Any:
+    """`config_cls(**fields)`: the fields of `config` (a `config_cls` or None) updated by `overrides`; an
+    override that is not a field raises listing the valid ones."""
+    from dataclasses import asdict, fields
+
+    overrides = dict(overrides or {})
+    valid = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(f"unknown {task_name} task option(s) {unknown}; valid: {sorted(valid)}")
+    return config_cls(**{**(asdict(config) if config is not None else {}), **overrides})
+
+
+def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write `manifest.json` (sorted keys, indented) to `out_dir` via a temp file renamed into place."""
+    path = Path(out_dir) / "manifest.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write `rows` as JSON lines (UTF-8, one object per line) via a temp file renamed into place."""
     path = Path(path)

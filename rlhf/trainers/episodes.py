@@ -20,8 +20,6 @@ import logging
 import math
 from typing import Any, Sequence
 
-import torch
-
 from rlhf.data.batch import RolloutBatch
 from rlhf.envs.base import make_env
 from rlhf.envs.episode import END_REASONS, Episode, assemble

@@ -66,10 +66,7 @@ def init_models(cfg: PPOConfig, groups) -> None:
             actor_tokenizer_path=tokenizer or cfg.actor.path, use_chat_template=cfg.reward.use_chat_template))
     for call in pending:
         call.result()
-    max_model_len = cfg.data.max_prompt_len + cfg.rollout.max_new_tokens
-    if cfg.env.name:  # an episode's context: the prompt, its response block, then one more policy turn
-        max_model_len += cfg.env.max_tokens
-    groups["actor"].call("init_rollout", cfg.rollout, max_model_len, cfg.trainer.seed)
+    groups["actor"].call("init_rollout", cfg.rollout, cfg.max_model_len(), cfg.trainer.seed)
 
 
 def reward_server_spec(role) -> RewardServerSpec | None:

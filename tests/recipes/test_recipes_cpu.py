@@ -563,3 +563,22 @@ def test_a_user_environment_by_dotted_path_plays_multi_turn_episodes_through_the
     assert all(s in (0.0, 1.5) for s in firsts)  # right on the first try: 1 + the bonus from env kwargs
     summary = json.loads((run_dir / "summary.json").read_text())["ppo"]
     assert "gold_reward_final" in summary
+
+
+def test_tool_use_smoke_plays_calculator_episodes_through_the_real_command(tmp_path):
+    """prepare → SFT on transcripts → GRPO on calculator episodes, a few steps each: the episodes run,
+    their end reasons and tool calls are counted, the summary has the environment's gold."""
+    run_dir = tmp_path / "run"
+    ok(rlhf("recipe=tool_use", f"run_dir={run_dir}", "logging=quiet",
+            "prepare.task_kwargs.num_train_prompts=64", "prepare.task_kwargs.num_eval_prompts=8",
+            "sft.trainer.total_steps=2", "sft.trainer.batch_size=8", "sft.trainer.micro_batch_size=8",
+            "sft.engine.warmup_steps=0", "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4",
+            "ppo.algorithm.update.micro_batch_size=8", "ppo.engines.forward_micro_batch_size=16",
+            "ppo.data.max_eval_prompts=8"))
+    steps = [r for r in records(run_dir) if r.get("stage") == "ppo" and "reward/mean" in r]
+    assert len(steps) == 2
+    for r in steps:
+        ended = sum(r[f"episode/end_{reason}"] for reason in ("done", "max_turns", "max_tokens", "env_error"))
+        assert ended == 16 and r["episode/end_env_error"] == 0
+    summary = json.loads((run_dir / "summary.json").read_text())["ppo"]
+    assert "gold_reward_final" in summary and "critic_parameters" not in summary
