@@ -70,3 +70,26 @@ def test_tool_use_transcript_replays_in_the_calculator():
     assert rest.startswith(reply.observation)
     final = env.step(rest[len(reply.observation):])
     assert final.done and final.reward == 1.0
+
+
+def test_guess_number_task_games_replay_in_the_environment():
+    """Every demo game is a legal episode of the environment: each guess answered as written, the last a hit;
+    bisection games take at most ceil(log2(16)) + 1 turns."""
+    import random
+
+    task = get_task("guess_number", num_train_prompts=50, num_eval_prompts=10, sft_random_prob=0.5, seed=2)
+    rng = random.Random(0)
+    for secret in task.train_secrets[:20]:
+        for bisect in (True, False):
+            turns = task.transcript(secret, rng, bisect).split("<eos>")
+            env = make_env("guess_number", task.prompt, str(secret), seed=0)
+            for i, turn in enumerate(turns):
+                guess, feedback = (turn, "") if i == 0 else (turn[1:], turn[0])
+                if i:
+                    assert feedback == previous.observation
+                previous = env.step(guess)
+            assert previous.done and previous.metrics["gold"] == 1.0
+            if bisect:
+                assert len(turns) <= 5
+    with pytest.raises(ValueError, match="high must be > low"):
+        get_task("guess_number", low=5, high=5)

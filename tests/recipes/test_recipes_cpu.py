@@ -582,3 +582,20 @@ def test_tool_use_smoke_plays_calculator_episodes_through_the_real_command(tmp_p
         assert ended == 16 and r["episode/end_env_error"] == 0
     summary = json.loads((run_dir / "summary.json").read_text())["ppo"]
     assert "gold_reward_final" in summary and "critic_parameters" not in summary
+
+
+def test_guess_number_smoke_plays_the_game_through_the_real_command(tmp_path):
+    """The built-in guess_number environment end to end: prepare (secrets, played games, a code-tokenizer
+    model), SFT, GRPO on games; every episode ends with a reason, the turns are counted."""
+    run_dir = tmp_path / "run"
+    ok(rlhf("recipe=guess_number", f"run_dir={run_dir}", "logging=quiet",
+            "prepare.task_kwargs.num_train_prompts=64", "prepare.task_kwargs.num_eval_prompts=8",
+            "sft.trainer.total_steps=2", "sft.trainer.batch_size=8", "sft.trainer.micro_batch_size=8",
+            "sft.engine.warmup_steps=0", "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4",
+            "ppo.algorithm.update.micro_batch_size=8", "ppo.engines.forward_micro_batch_size=16",
+            "ppo.data.max_eval_prompts=8", "ppo.env.max_turns=3"))
+    steps = [r for r in records(run_dir) if r.get("stage") == "ppo" and "reward/mean" in r]
+    for r in steps:
+        ended = sum(r[f"episode/end_{reason}"] for reason in ("done", "max_turns", "max_tokens", "env_error"))
+        assert ended == 16 and 1.0 <= r["episode/turns_mean"] <= 3.0
+    assert len(steps) == 2 and "gold_reward_final" in json.loads((run_dir / "summary.json").read_text())["ppo"]
