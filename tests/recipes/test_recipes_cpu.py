@@ -28,6 +28,20 @@ QUICKSTART_SMOKE = [
 ]
 
 
+USER_CODE = Path(__file__).with_name("user_code")  # a user's modules: run from here, never on sys.path
+
+
+def without_path_entry(environ, directory: Path) -> dict:
+    """`environ` with `directory` taken out of PYTHONPATH (the user's module must be found as the cwd's)."""
+    env = dict(environ)
+    entries = [e for e in env.get("PYTHONPATH", "").split(os.pathsep) if e and Path(e).resolve() != directory.resolve()]
+    if entries:
+        env["PYTHONPATH"] = os.pathsep.join(entries)
+    else:
+        env.pop("PYTHONPATH", None)
+    return env
+
+
 def rlhf(*args, timeout=600):
     result = subprocess.run([str(RLHF), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ})
     return result
@@ -327,7 +341,7 @@ def test_ppo_scores_with_a_reward_server_and_stops_on_one_that_mis_scores(quicks
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())["ppo"]
     assert summary["reward_fn_errors"] == 0
 
-    bad = rlhf(*args, f"run_dir={bad_dir}", f"ppo.reward_role.server_url={url}/wrong_count")
+    bad = rlhf(*args, f"run_dir={tmp_path / 'bad'}", f"ppo.reward_role.server_url={url}/wrong_count")
     assert bad.returncode != 0
     assert "the reward server failed on 100% of 16 rows (errors 16" in bad.stderr
     assert "returned 15 scores for 16 rows" in bad.stderr
@@ -482,8 +496,8 @@ def test_user_task_and_reward_function_by_dotted_path_run_in_the_workers(quickst
               "ppo.rollout.prompts_per_step=4", "ppo.algorithm.update.micro_batch_size=4",
               "ppo.engines.forward_micro_batch_size=8", "ppo.data.max_eval_prompts=8",
               "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16"]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    user_dir = Path(__file__).with_name("user_code")
+    env = without_path_entry(os.environ, USER_CODE)
+    user_dir = USER_CODE
     result = subprocess.run(
         [str(RLHF), *common, f"run_dir={run_dir}", "ppo.task.name=user_rewards:EvenAnswerTask",
          "ppo.reward_role.use_task_reward=false", "ppo.reward_role.reward_fn=user_rewards:short_answer_reward"],
@@ -534,7 +548,7 @@ def test_a_user_environment_by_dotted_path_plays_multi_turn_episodes_through_the
     run_dir = tmp_path / "run"
     for part in ("data", "base", "sft"):
         shutil.copytree(quickstart / part, run_dir / part)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = without_path_entry(os.environ, USER_CODE)
     result = subprocess.run(
         [str(RLHF), "recipe=quickstart_grpo", f"run_dir={run_dir}", "stages=[ppo]", "logging=quiet",
          "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4", "ppo.algorithm.update.micro_batch_size=4",
@@ -543,7 +557,7 @@ def test_a_user_environment_by_dotted_path_plays_multi_turn_episodes_through_the
          "ppo.reward_role.use_task_reward=false", "ppo.env.name=user_envs:RetryArithmetic",
          "ppo.env.max_turns=2", "ppo.env.max_tokens=12", "+ppo.env.kwargs.first_try_bonus=0.5",
          "ppo.trainer.save_rollouts=true"],
-        capture_output=True, text=True, timeout=600, cwd=Path(__file__).with_name("user_code"), env=env)
+        capture_output=True, text=True, timeout=600, cwd=USER_CODE, env=env)
     ok(result)
     steps = [r for r in records(run_dir) if r.get("stage") == "ppo" and "reward/mean" in r]
     assert len(steps) == 2
