@@ -220,11 +220,16 @@ class EnvConfig:
     # Response-block tokens (policy and environment) after which an episode ends; a policy turn is never
     # cut, so the block may reach max_tokens + rollout.max_new_tokens - 1.
     max_tokens: int = 256
+    # An environment's step (all of a turn's run concurrently, one thread each) that takes longer ends its
+    # episode ("env_timeout", reward 0 for that turn); its thread is abandoned, not killed.
+    step_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("max_turns", "max_tokens"):
             if getattr(self, name) < 1:
                 invalid("env", name, getattr(self, name), "an int >= 1")
+        if not self.step_timeout_s > 0:
+            invalid("env", "step_timeout_s", self.step_timeout_s, "seconds > 0")
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from rlhf.algorithms.kl import last_valid_index
 
-END_REASONS = ("done", "max_turns", "max_tokens", "env_error")
+END_REASONS = ("done", "max_turns", "max_tokens", "env_error", "env_timeout")
 
 
 @dataclass

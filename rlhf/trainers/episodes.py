@@ -3,11 +3,13 @@
 Each turn is one `generate` call of the whole actor group on the contexts of the episodes still running
 (token-in/token-out: the policy's turns stay exactly as sampled), so every rank takes part in every turn
 — the lock-step ZeRO-3 generation needs. Between turns the environments (rlhf/envs/base.py) step in this
-process on the decoded text of each policy turn. An episode ends when its environment says done, after
-`max_turns` policy turns, when its response block reaches `max_tokens` (a policy turn is never cut: the
-block may end up to `rollout.max_new_tokens` - 1 tokens past it), or when its environment raises
-("env_error": reward 0 for that turn, counted, logged with the episode). The G episodes of a prompt
-form its group, as G samples of one prompt do.
+process on the decoded text of each policy turn, all of a turn's steps at once, one daemon thread each.
+An episode ends when its environment says done, after `max_turns` policy turns, when its response block
+reaches `max_tokens` (a policy turn is never cut: the block may end up to `rollout.max_new_tokens` - 1
+tokens past it), when its environment raises or returns something else than a StepResult
+("env_error"), or when its step takes longer than `step_timeout_s` ("env_timeout": the thread is
+abandoned, the environment dropped) — in the last two cases with reward 0 for that turn, counted and
+logged with the episode. The G episodes of a prompt form its group, as G samples of one prompt do.
 
 Metrics (batch.extra): `episode/end_<reason>` (episodes per END_REASONS), `episode/turns_mean`,
 `episode/env_tokens_mean` (observation tokens per episode), and the mean of each metric the environments
@@ -18,21 +20,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
+import time
 from typing import Any, Sequence
 
 from rlhf.data.batch import RolloutBatch
-from rlhf.envs.base import make_env
+from rlhf.envs.base import StepResult, make_env
 from rlhf.envs.episode import END_REASONS, Episode, assemble
 
 logger = logging.getLogger(__name__)
+_TIMED_OUT = object()  # a step still running at the turn's deadline
 
 
 class EpisodeRunner:
     """Episodes of the environment `env_name` (registered name or dotted path) for prompt examples."""
 
-    def __init__(self, env_name: str, env_kwargs: dict, max_turns: int, max_tokens: int, tokenizer) -> None:
+    def __init__(self, env_name: str, env_kwargs: dict, max_turns: int, max_tokens: int, tokenizer,
+                 step_timeout_s: float = 60.0) -> None:
         self.env_name, self.env_kwargs = env_name, dict(env_kwargs)
         self.max_turns, self.max_tokens, self.tokenizer = max_turns, max_tokens, tokenizer
+        self.step_timeout_s = step_timeout_s
 
     def run(self, actor, examples: Sequence[Any], params, seed: int) -> RolloutBatch:
         """`params.n` episodes per example (prompt-major rows, as a single-turn rollout's), played with
@@ -58,18 +65,37 @@ class EpisodeRunner:
                 valid = batch.mask_BT[row] > 0
                 episodes[i].add_policy_turn(batch.response_ids_BT[row][valid].tolist(),
                                             batch.old_logprobs_BT[row][valid].tolist())
-                self._step(episodes[i], envs[i], batch.responses[row], last_metrics[i], last_turn=turn == self.max_turns - 1)
+            results = self._step_all([envs[i] for i in active], batch.responses)
+            for i, result in zip(active, results):
+                self._apply(episodes[i], result, last_metrics[i], last_turn=turn == self.max_turns - 1)
         return self._batch(episodes, last_metrics)
 
-    def _step(self, episode: Episode, env, action: str, metrics: dict, last_turn: bool) -> None:
-        try:
-            result = env.step(action)
-        except Exception as exc:  # the environment's fault: this turn scores 0, the episode ends, counted
-            episode.reward_turn(0.0)
-            episode.error = f"{type(exc).__name__}: {exc}"
-            episode.end("env_error")
-            logger.warning("environment %s raised on group %d (turn %d): %s", self.env_name, episode.group_id,
-                           episode.turns, episode.error)
+    def _step_all(self, envs: list, actions: Sequence[str]) -> list:
+        """Each env's `step(action)`, all at once: a StepResult, the exception it raised, or _TIMED_OUT."""
+        results: list = [_TIMED_OUT] * len(envs)
+
+        def work(i: int) -> None:
+            try:
+                results[i] = envs[i].step(actions[i])
+            except BaseException as exc:  # the environment's fault: reported for its episode only
+                results[i] = exc
+
+        threads = [threading.Thread(target=work, args=(i,), daemon=True, name=f"env-step-{i}") for i in range(len(envs))]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + self.step_timeout_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return [_TIMED_OUT if thread.is_alive() else result for thread, result in zip(threads, results)]
+
+    def _apply(self, episode: Episode, result, metrics: dict, last_turn: bool) -> None:
+        if result is _TIMED_OUT:
+            self._fail(episode, "env_timeout", f"step took longer than {self.step_timeout_s:g} s")
+            return
+        if not isinstance(result, StepResult):
+            detail = (f"{type(result).__name__}: {result}" if isinstance(result, BaseException)
+                      else f"step returned a {type(result).__name__}, not a StepResult")
+            self._fail(episode, "env_error", detail)
             return
         episode.reward_turn(result.reward)
         metrics.clear()
@@ -88,6 +114,14 @@ class EpisodeRunner:
                 episode.end("max_tokens")
             else:
                 episode.add_observation(ids)
+
+    def _fail(self, episode: Episode, reason: str, detail: str) -> None:
+        """End `episode` for its environment's fault: reward 0 for this turn, counted (episode/end_<reason>)."""
+        episode.reward_turn(0.0)
+        episode.error = detail
+        episode.end(reason)
+        logger.warning("environment %s, group %d, turn %d: %s (%s)", self.env_name, episode.group_id, episode.turns,
+                       reason, detail)
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

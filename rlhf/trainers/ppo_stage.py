@@ -47,7 +47,8 @@ def episode_runner(cfg: PPOConfig):
     from rlhf.trainers.episodes import EpisodeRunner
 
     tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, padding_side="left")
-    return EpisodeRunner(cfg.env.name, dict(cfg.env.kwargs), cfg.env.max_turns, cfg.env.max_tokens, tokenizer)
+    return EpisodeRunner(cfg.env.name, dict(cfg.env.kwargs), cfg.env.max_turns, cfg.env.max_tokens, tokenizer,
+                         step_timeout_s=cfg.env.step_timeout_s)
 
 
 def init_ray(num_cpus: float | None = None) -> None:

@@ -165,3 +165,28 @@ def test_make_env_names_what_is_wrong():
         make_env("guess_number", "p", "3", 0, difficulty=9)
     with pytest.raises(ValueError, match="the reference must be the secret integer"):
         make_env("guess_number", "p", "three", 0)
+
+
+def test_a_hanging_environment_ends_its_episode_with_env_timeout_and_the_others_go_on(monkeypatch):
+    """One environment sleeps far past the step timeout: its episode ends "env_timeout" (reward 0 for the
+    turn), the others finish; a step that returns something else than a StepResult is an env_error."""
+    import time as time_module
+
+    from rlhf.envs import guess_number
+    from rlhf.models import SamplingParams
+
+    def step(self, action):
+        if self.secret == 3:
+            time_module.sleep(3600)  # never returns within the test: its daemon thread is abandoned
+        if self.secret == 4:
+            return {"reward": 1.0}  # not a StepResult
+        return StepResult(None, 1.0, True, {"gold": 1.0})
+
+    monkeypatch.setattr(guess_number.GuessNumberEnv, "step", step)
+    tok = CharTokenizer()
+    runner = EpisodeRunner("guess_number", {}, max_turns=3, max_tokens=64, tokenizer=tok, step_timeout_s=5.0)
+    examples = [Example([30], "3"), Example([31], "4"), Example([32], "5")]
+    batch = runner.run(ScriptedActor(tok, ["1"]), examples, SamplingParams(max_new_tokens=4, n=1, seed=0), seed=0)
+    assert batch.extra["episode/end_env_timeout"] == 1 and batch.extra["episode/end_env_error"] == 1
+    assert batch.extra["episode/end_done"] == 1
+    assert batch.scores_B.tolist() == [0.0, 0.0, 1.0]
