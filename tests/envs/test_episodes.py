@@ -184,7 +184,7 @@ def test_a_hanging_environment_ends_its_episode_with_env_timeout_and_the_others_
 
     monkeypatch.setattr(guess_number.GuessNumberEnv, "step", step)
     tok = CharTokenizer()
-    runner = EpisodeRunner("guess_number", {}, max_turns=3, max_tokens=64, tokenizer=tok, step_timeout_s=5.0)
+    runner = EpisodeRunner("guess_number", {}, max_turns=3, max_tokens=64, tokenizer=tok, step_timeout_s=10.0)
     examples = [Example([30], "3"), Example([31], "4"), Example([32], "5")]
     batch = runner.run(ScriptedActor(tok, ["1"]), examples, SamplingParams(max_new_tokens=4, n=1, seed=0), seed=0)
     assert batch.extra["episode/end_env_timeout"] == 1 and batch.extra["episode/end_env_error"] == 1

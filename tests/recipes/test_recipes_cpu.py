@@ -42,6 +42,27 @@ def without_path_entry(environ, directory: Path) -> dict:
     return env
 
 
+# A multi-turn recipe's smoke: small task files, 2 SFT steps, 2 GRPO steps of 4 prompts x 4 episodes.
+EPISODE_SMOKE = [
+    "logging=quiet", "prepare.task_kwargs.num_train_prompts=64", "prepare.task_kwargs.num_eval_prompts=8",
+    "sft.trainer.total_steps=2", "sft.trainer.batch_size=8", "sft.trainer.micro_batch_size=8",
+    "sft.engine.warmup_steps=0", "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4",
+    "ppo.algorithm.update.micro_batch_size=8", "ppo.engines.forward_micro_batch_size=16", "ppo.data.max_eval_prompts=8",
+]
+
+
+def episode_steps(run_dir: Path, episodes_per_step: int, steps: int = 2) -> list[dict]:
+    """The PPO steps' records of an environment run, checked: every episode ended with one reason, none for
+    the environment's fault."""
+    rows = [r for r in records(run_dir) if r.get("stage") == "ppo" and "reward/mean" in r]
+    assert len(rows) == steps
+    reasons = ("done", "max_turns", "max_tokens", "env_error", "env_timeout")
+    for r in rows:
+        assert sum(r[f"episode/end_{reason}"] for reason in reasons) == episodes_per_step, r
+        assert r["episode/end_env_error"] == 0 and r["episode/end_env_timeout"] == 0
+    return rows
+
+
 def rlhf(*args, timeout=600):
     result = subprocess.run([str(RLHF), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ})
     return result
@@ -559,12 +580,8 @@ def test_a_user_environment_by_dotted_path_plays_multi_turn_episodes_through_the
          "ppo.trainer.save_rollouts=true"],
         capture_output=True, text=True, timeout=600, cwd=USER_CODE, env=env)
     ok(result)
-    steps = [r for r in records(run_dir) if r.get("stage") == "ppo" and "reward/mean" in r]
-    assert len(steps) == 2
-    for r in steps:
-        ended = sum(r[f"episode/end_{reason}"] for reason in ("done", "max_turns", "max_tokens", "env_error"))
-        assert ended == 16 and r["episode/end_env_error"] == 0  # 4 prompts x 4 episodes
-        assert 1.0 <= r["episode/turns_mean"] <= 2.0
+    steps = episode_steps(run_dir, episodes_per_step=16)  # 4 prompts x 4 episodes
+    assert all(1.0 <= r["episode/turns_mean"] <= 2.0 for r in steps)
     evals = [r for r in records(run_dir) if r.get("stage") == "ppo" and "eval/gold_sampled" in r]
     assert evals and all("eval/sampled/end_done" in r for r in evals)
     import datasets
@@ -583,17 +600,9 @@ def test_tool_use_smoke_plays_calculator_episodes_through_the_real_command(tmp_p
     """prepare → SFT on transcripts → GRPO on calculator episodes, a few steps each: the episodes run,
     their end reasons and tool calls are counted, the summary has the environment's gold."""
     run_dir = tmp_path / "run"
-    ok(rlhf("recipe=tool_use", f"run_dir={run_dir}", "logging=quiet",
-            "prepare.task_kwargs.num_train_prompts=64", "prepare.task_kwargs.num_eval_prompts=8",
-            "sft.trainer.total_steps=2", "sft.trainer.batch_size=8", "sft.trainer.micro_batch_size=8",
-            "sft.engine.warmup_steps=0", "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4",
-            "ppo.algorithm.update.micro_batch_size=8", "ppo.engines.forward_micro_batch_size=16",
-            "ppo.data.max_eval_prompts=8"))
-    steps = [r for r in records(run_dir) if r.get("stage") == "ppo" and "reward/mean" in r]
-    assert len(steps) == 2
-    for r in steps:
-        ended = sum(r[f"episode/end_{reason}"] for reason in ("done", "max_turns", "max_tokens", "env_error"))
-        assert ended == 16 and r["episode/end_env_error"] == 0
+    ok(rlhf("recipe=tool_use", f"run_dir={run_dir}", *EPISODE_SMOKE))
+    steps = episode_steps(run_dir, episodes_per_step=16)
+    assert all(0.0 <= r["episode/env_tool_calls"] <= 3.0 for r in steps)  # the calculator's own metric
     summary = json.loads((run_dir / "summary.json").read_text())["ppo"]
     assert "gold_reward_final" in summary and "critic_parameters" not in summary
 
@@ -602,14 +611,7 @@ def test_guess_number_smoke_plays_the_game_through_the_real_command(tmp_path):
     """The built-in guess_number environment end to end: prepare (secrets, played games, a code-tokenizer
     model), SFT, GRPO on games; every episode ends with a reason, the turns are counted."""
     run_dir = tmp_path / "run"
-    ok(rlhf("recipe=guess_number", f"run_dir={run_dir}", "logging=quiet",
-            "prepare.task_kwargs.num_train_prompts=64", "prepare.task_kwargs.num_eval_prompts=8",
-            "sft.trainer.total_steps=2", "sft.trainer.batch_size=8", "sft.trainer.micro_batch_size=8",
-            "sft.engine.warmup_steps=0", "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4",
-            "ppo.algorithm.update.micro_batch_size=8", "ppo.engines.forward_micro_batch_size=16",
-            "ppo.data.max_eval_prompts=8", "ppo.env.max_turns=3"))
-    steps = [r for r in records(run_dir) if r.get("stage") == "ppo" and "reward/mean" in r]
-    for r in steps:
-        ended = sum(r[f"episode/end_{reason}"] for reason in ("done", "max_turns", "max_tokens", "env_error"))
-        assert ended == 16 and 1.0 <= r["episode/turns_mean"] <= 3.0
-    assert len(steps) == 2 and "gold_reward_final" in json.loads((run_dir / "summary.json").read_text())["ppo"]
+    ok(rlhf("recipe=guess_number", f"run_dir={run_dir}", *EPISODE_SMOKE, "ppo.env.max_turns=3"))
+    steps = episode_steps(run_dir, episodes_per_step=16)
+    assert all(1.0 <= r["episode/turns_mean"] <= 3.0 for r in steps)
+    assert "gold_reward_final" in json.loads((run_dir / "summary.json").read_text())["ppo"]

@@ -94,7 +94,7 @@ def test_options_validated():
 
 
 def test_batch_runner_names_outcomes_and_counts_only_sandbox_failures(task):
-    runner = task_reward_runner(task, timeout_s=1.0, fallback=-1.0, limits=None)
+    runner = task_reward_runner(task, timeout_s=120.0, fallback=-1.0, limits=None)  # the sandbox's limits apply
     assert isinstance(runner, BatchRewardRunner)
     p = task.train_problems[0]
     scores = runner([p.solution, "    while True:\n        pass\n", "    import os; os.fork()\n"], [p.reference] * 3)
