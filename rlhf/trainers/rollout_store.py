@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from rlhf.algorithms.kl import last_valid_index
 from rlhf.data.batch import RolloutBatch
 
 ROLLOUT_DIR = "rollouts"
@@ -91,9 +92,10 @@ def _schema(pa) -> Any:
 
 def _response_lengths(mask_BT: torch.Tensor) -> torch.Tensor:
     """[B] long: 1 + the index of each row's last response token with mask 1 (0 for an all-zero row)."""
-    T = mask_BT.shape[1]
-    positions_BT = torch.arange(1, T + 1).expand_as(mask_BT)
-    return (positions_BT * (mask_BT > 0)).max(dim=1).values if T else torch.zeros(len(mask_BT), dtype=torch.long)
+    if mask_BT.shape[1] == 0:
+        return torch.zeros(len(mask_BT), dtype=torch.long)
+    last_B, has_B = last_valid_index(mask_BT)
+    return (last_B + 1) * has_B
 
 
 def _json(value: Any) -> str | None:
