@@ -14,6 +14,7 @@ every cell does not hinge on the machine it was tuned on.
 
     python bench/recipe_matrix.py                              # quickstart, seeds 0 1 2 × kernels native avx2
     python bench/recipe_matrix.py --recipe quickstart_grpo
+    python bench/recipe_matrix.py --recipe quickstart_offline
     python bench/recipe_matrix.py --threads 1 default --kernels native
     python bench/recipe_matrix.py --out /tmp/matrix -- ppo.trainer.total_steps=80   # extra overrides
 
@@ -45,6 +46,9 @@ COLUMNS = [  # (header, stage, summary key, format)
     ("sampled gold", "ppo", ("gold_reward_initial", "gold_reward_final"), "{:.3f} → {:.3f}"),
     ("greedy gold", "ppo", ("gold_greedy_initial", "gold_greedy_final"), "{:.3f} → {:.3f}"),
     ("RM–gold corr", "ppo", "rm_gold_corr_final", "{:.2f}"),
+    ("data gold", "offline", "data_gold_mean", "{:.3f}"),  # the stored rollouts' own accuracy
+    ("offline sampled gold", "offline", ("gold_accuracy_sampled_initial", "gold_accuracy_sampled"), "{:.3f} → {:.3f}"),
+    ("offline greedy gold", "offline", ("gold_accuracy_initial", "gold_accuracy"), "{:.3f} → {:.3f}"),
 ]
 
 

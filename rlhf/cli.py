@@ -1,4 +1,4 @@
-"""The `rlhf` command: run a recipe's stages (prepare → sft → rm → dpo → ppo) from one Hydra config.
+"""The `rlhf` command: run a recipe's stages (prepare → sft → rm → dpo → ppo → offline) from one Hydra config.
 
     rlhf recipe=quickstart                    # run the recipe's stages in order
     rlhf recipe=quickstart stages=[rm,ppo]    # only some stages (earlier outputs reused from run_dir)
@@ -132,7 +132,7 @@ def usage() -> str:
     lines = ["usage: rlhf recipe=NAME [stages=[a,b]] [run_dir=DIR] [resume=true] [dry_run=true] "
              "[section.field=value ...]", "       rlhf --help | rlhf  (no arguments: check the installation)", "",
              "RLHF orchestration: actor, critic, reward and reference models as Ray actors, trained with DeepSpeed;",
-             "a recipe runs its stages in order: prepare → sft → rm → dpo → ppo.", ""]
+             "a recipe runs its stages in order: prepare → sft → rm → dpo → ppo → offline.", ""]
     try:
         configs, recipes = config_roots()
         names = available_recipes(recipes)
@@ -164,6 +164,8 @@ def usage() -> str:
               "  dpo.*       DPOConfig: as sft, plus reference, beta, loss_type, label_smoothing",
               "  ppo.*       PPOConfig: actor, critic, reward, reference, reward_role, data, task, rollout,",
               "              algorithm, engines, placement, trainer (rlhf/config/ppo.py)",
+              "  offline.*   OfflineConfig: actor, reference, data (stored rollouts), algorithm (advantage,",
+              "              policy_loss), engine, placement, trainer, gold_eval (rlhf/config/offline.py)",
               "", "examples:",
               "  rlhf recipe=quickstart",
               "  rlhf recipe=quickstart run_dir=outputs/q1 stages=[ppo] resume=true ppo.trainer.total_steps=80",

@@ -1,5 +1,5 @@
 """The root config of one `rlhf` run: which recipe, which of its stages, where outputs go, and the
-config of every stage (`sft`, `rm`, `dpo`, `ppo`) plus the optional `prepare` step of the embedded default.
+config of every stage (`sft`, `rm`, `dpo`, `ppo`, `offline`) plus the optional `prepare` step of the embedded default.
 
     rlhf recipe=quickstart stages=[rm,ppo] run_dir=outputs/q1 ppo.rollout.temperature=0.7
 
@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rlhf.config.algorithm import invalid
+from rlhf.config.offline import OfflineConfig
 from rlhf.config.ppo import PPOConfig
 from rlhf.config.supervised import DPOConfig, RMConfig, SFTConfig
 
-STAGES = ("prepare", "sft", "rm", "dpo", "ppo")  # every stage the pipeline knows, in the only order they can run
+STAGES = ("prepare", "sft", "rm", "dpo", "ppo", "offline")  # every stage the pipeline knows, in the only order they can run
 TINY_ARCHS = ("llama", "gpt2", "mistral")  # rlhf.models.tiny architectures
 # "char": the character-level arithmetic tokenizer (rlhf/models/tiny.py); "code": character-level over
 # printable ASCII and the newline (the code task); "mistral": Mistral 7B's real 32,000-token vocabulary
@@ -66,7 +67,7 @@ class PrepareConfig:
 
 @dataclass
 class RunConfig:
-    """One run of a recipe. Top-level fields are the pipeline's; `sft`, `rm`, `dpo`, `ppo` are the stages'."""
+    """One run of a recipe. Top-level fields are the pipeline's; `sft`, `rm`, `dpo`, `ppo`, `offline` are the stages'."""
 
     recipe: str = ""  # the recipe name (recipes/<recipe>.yaml); set by the command line
     recipe_stages: list[str] = field(default_factory=list)  # the recipe's stages in order (subset of STAGES, in order)
@@ -99,6 +100,7 @@ class RunConfig:
     rm: RMConfig = field(default_factory=RMConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
 
     def __post_init__(self) -> None:
         if self.torch_threads is not None and self.torch_threads < 1:

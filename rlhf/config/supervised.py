@@ -97,9 +97,15 @@ class GoldEvalConfig:
     max_new_tokens: int = 32  # response length cap; >= 1
     task: str | None = None  # the verifier's task (rlhf.tasks, e.g. "arithmetic"); required with `prompts`
     task_kwargs: dict = field(default_factory=dict)  # the task's constructor arguments
+    # Also measure the sampled accuracy (gold_accuracy_sampled) at this temperature, over
+    # samples_per_prompt seeded samples per prompt; null = greedy only.
+    sample_temperature: float | None = None
+    samples_per_prompt: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("max_prompt_len", "max_prompts", "max_new_tokens"):
+        if self.sample_temperature is not None and not self.sample_temperature > 0:
+            invalid("gold_eval", "sample_temperature", self.sample_temperature, "> 0, or null for greedy only")
+        for name in ("max_prompt_len", "max_prompts", "max_new_tokens", "samples_per_prompt"):
             if getattr(self, name) < 1:
                 invalid("gold_eval", name, getattr(self, name), "an int >= 1")
         if self.prompts and not self.task:

@@ -1,4 +1,4 @@
-"""The stage pipeline behind `rlhf recipe=...`: prepare → sft → rm → dpo → ppo, each stage's output feeding the next.
+"""The stage pipeline behind `rlhf recipe=...`: prepare → sft → rm → dpo → ppo → offline, each stage's output feeding the next.
 
     cfg = <a validated RunConfig>          # rlhf.cli composes it from the recipe and the overrides
     report = preflight(cfg)                # every check that needs no Ray; raises PipelineError / PlanError
@@ -11,7 +11,9 @@ e.g. `ppo.actor.path: ${run_dir}/sft/final`):
     sft      sft/final/   HF causal LM + tokenizer          (rlhf.trainers.supervised.run_sft)
     rm       rm/final/    HF sequence classifier + tokenizer (run_rm); summary.json rm.score_mean/std
     dpo      dpo/final/   HF causal LM + tokenizer          (rlhf.trainers.dpo.run_dpo)
-    ppo      ppo/final/   HF causal LM + tokenizer          (rlhf.trainers.ppo_stage.run_ppo)
+    ppo      ppo/final/   HF causal LM + tokenizer          (rlhf.trainers.ppo_stage.run_ppo);
+             ppo/rollouts/ with ppo.trainer.save_rollouts       (rlhf.trainers.rollout_store)
+    offline  offline/final/ HF causal LM + tokenizer        (rlhf.trainers.offline.run_offline)
 Every trainer stage appends to run_dir/metrics.jsonl and merges its entry into run_dir/summary.json.
 
 Decisions per stage (`StageDecision`), made before anything starts:
@@ -32,6 +34,7 @@ Nothing here imports Ray: the dry run stays Ray-free, and the stage entry points
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -46,7 +49,7 @@ from rlhf.distributed.placement import PlacementPlan, plan_placement, plan_roles
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STAGES = ("sft", "rm", "dpo", "ppo")
+TRAINER_STAGES = ("sft", "rm", "dpo", "ppo", "offline")
 PREPARE_SPEC = "prepare.json"  # written next to prepared outputs: the settings they were made with
 
 
@@ -88,6 +91,10 @@ def stage_outputs(cfg: RunConfig, run_dir: Path) -> dict[str, list[Path]]:
     for stage in TRAINER_STAGES:
         if stage in outputs:
             outputs[stage].append(run_dir / stage / "final")
+    if "ppo" in outputs and cfg.ppo.trainer.save_rollouts:
+        from rlhf.trainers.rollout_store import ROLLOUT_DIR
+
+        outputs["ppo"].append(run_dir / "ppo" / ROLLOUT_DIR)
     return outputs
 
 
@@ -103,6 +110,11 @@ def stage_inputs(cfg: RunConfig, stage: str) -> dict[str, str]:
             fields["gold_eval.prompts"] = section.gold_eval.prompts
         if stage == "dpo":
             fields["reference.path"] = section.reference.path
+    elif stage == "offline":
+        off = cfg.offline
+        fields = {"actor.path": off.actor.path, "actor.tokenizer_path": off.actor.tokenizer_path,
+                  "reference.path": off.reference_path() if "reference" in off.roles() else None,
+                  "data.train": off.data.train, "gold_eval.prompts": off.gold_eval.prompts}
     else:
         ppo = cfg.ppo
         fields = {"actor.path": ppo.actor.path, "actor.tokenizer_path": ppo.actor.tokenizer_path,
@@ -249,6 +261,8 @@ def preflight(cfg: RunConfig) -> Preflight:
             report.plans[stage] = plan_roles({stage: section.placement}, section.use_gpu, cluster)
         elif stage == "ppo":
             report.plans[stage] = plan_placement(cfg.ppo.placement, cfg.ppo.roles(), cluster)
+        elif stage == "offline":
+            report.plans[stage] = plan_placement(cfg.offline.placement, cfg.offline.roles(), cluster)
     return report
 
 
@@ -267,7 +281,7 @@ def _validate_stage(cfg: RunConfig, stage: str) -> None:
     tasks = []  # (field of the task name, field of its kwargs, name, kwargs)
     if stage == "ppo":
         tasks.append(("ppo.task.name", "ppo.task.kwargs", cfg.ppo.task.name, cfg.ppo.task.kwargs))
-    if stage in ("sft", "dpo") and getattr(cfg, stage).gold_eval.prompts:
+    if stage in ("sft", "dpo", "offline") and getattr(cfg, stage).gold_eval.prompts:
         g = getattr(cfg, stage).gold_eval
         tasks.append((f"{stage}.gold_eval.task", f"{stage}.gold_eval.task_kwargs", g.task, g.task_kwargs))
     for name_field, kwargs_field, name, kwargs in tasks:
@@ -310,7 +324,7 @@ def _check_inputs(cfg: RunConfig, run_dir: Path, decisions: list[StageDecision])
                 continue  # made earlier in this invocation
             if producer is None and not (path.is_absolute() and run_dir in path.parents) and not _is_local_path(value):
                 continue  # a hub name: resolved (or refused) by the loader
-            if path.exists():
+            if path.exists() or (glob.has_magic(value) and glob.glob(str(path))):
                 continue
             made_by = (f"it is made by stage {producer!r}, which is not selected in this run (stages="
                        f"{cfg.selected_stages}): run it first or add it to stages" if producer else
@@ -455,6 +469,10 @@ def run_stage(cfg: RunConfig, stage: str, run_dir: Path, resume: bool) -> dict:
         from rlhf.trainers.dpo import run_dpo
 
         return run_dpo(cfg.dpo, run_dir, resume=resume)
+    if stage == "offline":
+        from rlhf.trainers.offline import run_offline
+
+        return run_offline(cfg.offline, run_dir, resume=resume)
     from rlhf.trainers.ppo_stage import run_ppo
 
     if cfg.ppo_reward_norm_from_rm:

@@ -46,6 +46,9 @@ def describe_plan(cfg: RunConfig, report: Preflight) -> str:
 def _engines(cfg: RunConfig, stage: str) -> dict:
     if stage in ("sft", "rm", "dpo"):
         return {stage: getattr(cfg, stage).engine}
+    if stage == "offline":
+        engines = {"actor": cfg.offline.engine, "reference": cfg.offline.reference_engine}
+        return {role: engines[role] for role in cfg.offline.roles()}
     return {role: getattr(cfg.ppo.engines, role) for role in cfg.ppo.roles()}
 
 

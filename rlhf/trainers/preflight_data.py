@@ -71,7 +71,26 @@ def stage_sources(cfg, stage: str) -> list[Source]:
             fields.append(Field("ppo.data.reference_key", d.reference_key, "any", " (the task's reward needs it)"))
         return [Source(f"ppo.data.{name}", path, split, fields=tuple(fields))
                 for name, path, split in (("train", d.train, d.train_split), ("eval", d.eval, d.eval_split))]
+    if stage == "offline":
+        return _offline_sources(cfg.offline) + _gold_sources("offline", cfg.offline.gold_eval)
     return []
+
+
+def _offline_sources(off) -> list[Source]:
+    """The stored rollouts (token-id rows) or text rows of the offline stage; the loader
+    (rlhf/data/offline.py) checks every row's lengths and values when the stage starts."""
+    from rlhf.data.offline import BEHAVIOUR_KEY, ROLLOUT_KEYS
+
+    d = off.data
+    reward = Field("offline.data.reward_key", d.reward_key, "any", " (the row's reward)")
+    rollout = tuple(Field("offline.data.train", key, "any", " (a saved rollout's tokens)") for key in ROLLOUT_KEYS)
+    if d.behaviour == "dataset":
+        rollout += (Field("offline.data.behaviour", BEHAVIOUR_KEY, "any",
+                          " (or set offline.data.behaviour=reference)"),)
+    text = (Field("offline.data.prompt_key", d.prompt_key, "text_or_messages"),
+            Field("offline.data.response_key", d.response_key, "text"))
+    options = (rollout + (reward,),) if d.behaviour == "dataset" else (rollout + (reward,), text + (reward,))
+    return [Source("offline.data.train", d.train, d.split, alternatives=options)]
 
 
 def _gold_sources(stage: str, g) -> list[Source]:

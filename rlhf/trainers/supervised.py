@@ -184,34 +184,52 @@ class GoldEval:
     prompts: list  # PromptExample-like items (.input_ids, .reference)
     verifier: object  # callable (response text, reference) -> reward in [0, 1]; 1 = correct
     max_new_tokens: int
+    sample_temperature: float | None = None  # also the sampled accuracy at this temperature; None = greedy only
+    samples_per_prompt: int = 1
 
     def evaluate(self, group) -> dict[str, float]:
-        """{"gold_accuracy", "gold_eval_prompts", "gold_response_length"} of the group's model, greedy."""
+        """{"gold_accuracy", "gold_eval_prompts", "gold_response_length"} of the group's model, greedy; with
+        `sample_temperature` also "gold_accuracy_sampled" (mean over `samples_per_prompt` seeded samples)."""
         from rlhf.models import SamplingParams
 
+        items = [(list(e.input_ids), e.reference) for e in self.prompts]
         params = SamplingParams(max_new_tokens=self.max_new_tokens, greedy=True, n=1, seed=0)
-        batch = group.call("generate", [(list(e.input_ids), e.reference) for e in self.prompts], params)
+        batch = group.call("generate", items, params)
+        out = {"gold_accuracy": self._accuracy(batch), "gold_eval_prompts": len(items),
+               "gold_response_length": float(batch.mask_BT.sum(-1).mean())}
+        if self.sample_temperature is not None:
+            params = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.sample_temperature,
+                                    n=self.samples_per_prompt, seed=0)
+            out["gold_accuracy_sampled"] = self._accuracy(group.call("generate", items, params))
+        return out
+
+    def _accuracy(self, batch) -> float:
         gold = [float(self.verifier(text, ref)) for text, ref in zip(batch.responses, batch.references)]
-        return {"gold_accuracy": sum(gold) / len(gold), "gold_eval_prompts": len(gold),
-                "gold_response_length": float(batch.mask_BT.sum(-1).mean())}
+        return sum(gold) / len(gold)
 
 
 def gold_eval(cfg: SFTConfig) -> GoldEval | None:
-    """The SFT stage's GoldEval from `cfg.gold_eval` (None when it names no prompts)."""
+    """The SFT (or DPO) stage's GoldEval from `cfg.gold_eval` (None when it names no prompts)."""
+    return make_gold_eval(cfg.gold_eval, cfg.model.tokenizer_path or cfg.model.path, cfg.data.use_chat_template)
+
+
+def make_gold_eval(g, tokenizer_path: str, use_chat_template: bool | None) -> GoldEval | None:
+    """The GoldEval of a GoldEvalConfig `g` (None when it names no prompts); prompts rendered with
+    `use_chat_template` as the stage's own rows are."""
     from rlhf.data.prompts import PromptDataset
     from rlhf.tasks import get_task
 
-    g = cfg.gold_eval
     if not g.prompts:
         return None
-    tokenizer = load_tokenizer(cfg.model.tokenizer_path or cfg.model.path, padding_side="left")
+    tokenizer = load_tokenizer(tokenizer_path, padding_side="left")
     data = PromptDataset(g.prompts, tokenizer, split=g.split, prompt_key=g.prompt_key, reference_key=g.reference_key,
                          require_reference=True, max_prompt_len=g.max_prompt_len, overlong="error",
-                         use_chat_template=cfg.data.use_chat_template)  # as the stage's own rows
+                         use_chat_template=use_chat_template)
     if len(data) == 0:
-        raise ValueError(f"sft.gold_eval.prompts={g.prompts!r} has no prompts")
+        raise ValueError(f"gold_eval.prompts={g.prompts!r} has no prompts")
     return GoldEval([data[i] for i in range(min(len(data), g.max_prompts))],
-                    get_task(g.task, **dict(g.task_kwargs)).reward, g.max_new_tokens)
+                    get_task(g.task, **dict(g.task_kwargs)).reward, g.max_new_tokens, g.sample_temperature,
+                    g.samples_per_prompt)
 
 
 # --- stage entry points ----------------------------------------------------------------------------

@@ -615,3 +615,61 @@ def test_guess_number_smoke_plays_the_game_through_the_real_command(tmp_path):
     steps = episode_steps(run_dir, episodes_per_step=16)
     assert all(1.0 <= r["episode/turns_mean"] <= 3.0 for r in steps)
     assert "gold_reward_final" in json.loads((run_dir / "summary.json").read_text())["ppo"]
+
+
+OFFLINE_SMOKE = ["recipe=quickstart_offline", "logging=quiet",
+                 "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16",
+                 "prepare.task_kwargs.num_train_pairs=64", "prepare.task_kwargs.num_eval_pairs=16",
+                 "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4", "ppo.algorithm.update.micro_batch_size=4",
+                 "ppo.engines.forward_micro_batch_size=8", "ppo.data.max_eval_prompts=8",
+                 "offline.trainer.batch_size=8", "offline.trainer.micro_batch_size=4", "offline.trainer.eval_every=2",
+                 "offline.gold_eval.max_prompts=8", "offline.forward_micro_batch_size=4",
+                 "offline.algorithm.policy_loss.kl_loss_coef=0.1"]  # the reference role too
+
+
+def test_quickstart_offline_trains_on_saved_rollouts_and_resumes_exactly(quickstart, tmp_path):
+    """Issue 14 (offline) through the real command: PPO saves its rollouts, the offline stage trains the SFT
+    model on them with the DRO loss and the reference's KL. On step 1's shard alone the first update's
+    importance ratio is exactly 1 (the stored behaviour log-probs are the SFT weights' own, token for token);
+    the summary holds the data's statistics and the gold accuracy before/after; 2 steps resumed to 3 match
+    an uninterrupted 3-step run bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    runs = {name: tmp_path / name for name in ("straight", "resumed")}
+    for run_dir in runs.values():
+        for part in ("data", "base", "sft"):
+            shutil.copytree(quickstart / part, run_dir / part)
+    first_shard = "offline.data.train=${run_dir}/ppo/rollouts/step_*1.parquet"  # a glob matching one shard
+    straight = runs["straight"]
+    ok(rlhf(*OFFLINE_SMOKE, f"run_dir={straight}", "stages=[ppo,offline]", first_shard,
+            "offline.trainer.total_steps=3"))
+    steps = [r for r in records(straight) if r["stage"] == "offline"]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert steps[0]["actor/ratio_max"] == pytest.approx(1.0, abs=1e-5)
+    assert steps[0]["actor/ratio_min"] == pytest.approx(1.0, abs=1e-5)
+    assert steps[0]["actor/kl_loss"] == pytest.approx(0.0, abs=1e-6)  # the reference is the SFT model too
+    assert "eval/gold_accuracy" in steps[1] and "eval/gold_accuracy_sampled" in steps[1]
+    summary = json.loads((straight / "summary.json").read_text())["offline"]
+    assert summary["data_rows"] == 4 * 4 and summary["data_groups"] == 4 and summary["data_files"] == 1
+    assert summary["gold_accuracy_gain"] == pytest.approx(summary["gold_accuracy"] - summary["gold_accuracy_initial"])
+    assert "gold_accuracy_sampled_gain" in summary and 0 <= summary["data_gold_mean"] <= 1
+    AutoModelForCausalLM.from_pretrained(straight / "offline" / "final")
+
+    resumed = runs["resumed"]
+    shutil.copytree(straight / "ppo", resumed / "ppo")  # the same stored rollouts
+    ok(rlhf(*OFFLINE_SMOKE, f"run_dir={resumed}", "stages=[offline]", first_shard, "offline.trainer.total_steps=2"))
+    result = ok(rlhf(*OFFLINE_SMOKE, f"run_dir={resumed}", "stages=[offline]", first_shard,
+                     "offline.trainer.total_steps=3", "resume=true", "resume_allow_changes=[offline.trainer.total_steps]"))
+    assert "stage offline: resuming" in result.stderr
+    again = [r for r in records(resumed) if r["stage"] == "offline"]
+    assert [r["step"] for r in again] == [1, 2, 3]
+    timeless = lambda r: {k: v for k, v in r.items() if not k.startswith(("time", "perf"))}  # noqa: E731
+    assert timeless(again[2]) == timeless(steps[2])
+
+
+def test_offline_data_that_does_not_exist_is_refused_before_anything_starts(quickstart, tmp_path):
+    result = rlhf("recipe=quickstart_offline", f"run_dir={tmp_path / 'run'}", "stages=[offline]", "logging=quiet",
+                  f"offline.actor.path={quickstart / 'sft' / 'final'}", f"offline.data.train={tmp_path / 'none'}/*.parquet",
+                  f"offline.gold_eval.prompts={quickstart / 'data' / 'eval_prompts.jsonl'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "offline.data.train=" in result.stderr and "does not exist" in result.stderr
