@@ -9,7 +9,10 @@ tokens and responses 4–128 tokens (uniform; a batch padded to 32 + 128 columns
 so both see the same machine: the median seconds of --iterations PPO updates (1 epoch, 1 minibatch,
 micro-batches of --micro rows) and of the log-prob forward over the batch, after one warm-up of each:
 `padded` computes every micro-batch at the batch's width; `padding_free` (the default,
-`update.padding_free`) groups rows by length and trims each micro-batch (rlhf/data/batch.py `trim`).
+`update.padding_free`) groups rows by length and trims each micro-batch (rlhf/data/batch.py `trim`);
+`token_budget` (`update.max_tokens_per_micro_batch`, --budget tokens) packs the length-sorted rows into
+micro-batches of at most that many padded tokens: many short rows to a pass, few long ones (the update
+only; the forward is the padding-free one).
 Prints the table with the ratios and writes bench/results/padding_free-<time>.json.
 """
 from __future__ import annotations
@@ -59,11 +62,13 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--budget", type=int, default=640, help="token_budget mode: padded tokens per micro-batch")
     args = parser.parse_args()
     shape = dict(num_layers=args.layers, hidden_size=args.hidden, num_heads=8, max_positions=256)
     prompt_range, response_range = (4, 32), (4, 128)
     if args.quick:
         shape, args.rows, args.iterations = dict(num_layers=1, hidden_size=32, num_heads=2, max_positions=64), 8, 1
+        args.budget = 64
         prompt_range, response_range = (2, 8), (2, 24)
 
     from rlhf.config.algorithm import PolicyLossConfig, UpdateSchedule
@@ -82,10 +87,11 @@ def main() -> int:
                          schedule.grad_accum_steps(args.rows))
         batch, attended = mixed_batch(args.rows, len(actor.tokenizer), prompt_range, response_range)
         batch.old_logprobs_BT = actor.logprobs(batch)
-        seconds = {mode: {"update": [], "forward": []} for mode in ("padded", "padding_free")}
+        seconds = {mode: {"update": [], "forward": []} for mode in ("padded", "padding_free", "token_budget")}
         for i in range(args.iterations + 1):
             for mode in seconds:
-                actor.padding_free = schedule.padding_free = mode == "padding_free"
+                actor.padding_free = schedule.padding_free = mode != "padded"
+                schedule.max_tokens_per_micro_batch = args.budget if mode == "token_budget" else None
                 start = time.perf_counter()
                 actor.update(batch, PolicyLossConfig(), schedule, i)
                 update_s = time.perf_counter() - start
@@ -98,14 +104,19 @@ def main() -> int:
     report = {"workload": {"rows": args.rows, "micro_batch_rows": args.micro, "model": shape,
                            "prompt_tokens": list(prompt_range), "response_tokens": list(response_range),
                            "padded_cells": int(batch.input_ids_BS.numel()), "attended_tokens": attended,
-                           "threads": torch.get_num_threads()},
+                           "threads": torch.get_num_threads(), "budget_tokens": args.budget,
+                           "budget_micro_batches": len(batch.select(batch.by_length()).split_by_tokens(args.budget))},
               **{mode: {k: statistics.median(v) for k, v in parts.items()} for mode, parts in seconds.items()}}
-    padded, free = report["padded"], report["padding_free"]
+    padded, free, budget = report["padded"], report["padding_free"], report["token_budget"]
     print(f"mixed lengths: {args.rows} rows, prompts {prompt_range[0]}–{prompt_range[1]}, responses "
-          f"{response_range[0]}–{response_range[1]} tokens; {attended} attended of {report['workload']['padded_cells']} cells")
-    print("| | padded s | padding-free s | padded / padding-free |\n|---|---|---|---|")
+          f"{response_range[0]}–{response_range[1]} tokens; {attended} attended of {report['workload']['padded_cells']} cells; "
+          f"{args.rows // args.micro} micro-batches of {args.micro} rows, or {report['workload']['budget_micro_batches']} "
+          f"under the {args.budget}-token budget")
+    print("| | padded s | padding-free s | token budget s | padded / padding-free | padded / token budget |")
+    print("|---|---|---|---|---|---|")
     for key in ("update", "forward"):
-        print(f"| actor {key} | {padded[key]:.2f} | {free[key]:.2f} | {padded[key] / free[key]:.2f}× |")
+        print(f"| actor {key} | {padded[key]:.2f} | {free[key]:.2f} | {budget[key]:.2f} | "
+              f"{padded[key] / free[key]:.2f}× | {padded[key] / budget[key]:.2f}× |")
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"padding_free-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(report, indent=2))

@@ -89,12 +89,19 @@ class UpdateSchedule:
     # Group each minibatch's rows by length into micro-batches and trim every micro-batch to its own
     # width (rlhf/data/batch.py `trim`): the same update, without computing the batch's padding.
     padding_free: bool = True
+    # A token budget instead of a row count per micro-batch: rows sorted by length are packed so that each
+    # micro-batch holds at most this many padded tokens (rows × its widest prompt + response), short rows
+    # many to a pass, long ones few; ranks are given the same number of passes. The loss normalisers are
+    # global, so the update is the same as with micro_batch_size. null = off (micro_batch_size rows).
+    max_tokens_per_micro_batch: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "num_minibatches", "micro_batch_size"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 invalid("update", name, value, "an int >= 1")
+        if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 1:
+            invalid("update", "max_tokens_per_micro_batch", self.max_tokens_per_micro_batch, "an int >= 1, or null")
 
     def grad_accum_steps(self, rows_per_rank: int) -> int:
         """Micro-batches per optimizer update on one rank; errors if the rows do not split evenly."""

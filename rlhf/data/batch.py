@@ -204,17 +204,31 @@ class RolloutBatch:
                 updates[name] = value[:, :last]
         return dataclasses.replace(self, **updates, extra=dict(self.extra))
 
-    def by_length(self) -> torch.Tensor:
-        """[B] long: the row order that sorts rows by (prompt columns, response columns) they need, stable.
-        Consecutive micro-batches of rows in this order are each as narrow as `trim` can make them."""
+    def row_widths(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B], [B]) long: the prompt columns and the response columns each row needs (what `trim` keeps)."""
         attended_BS = self.attention_mask_BS.bool()
         P = self.prompt_len
         prompt_B = attended_BS[:, :P].sum(-1)
         response_B = prompt_B.new_zeros(len(self))  # no response block: a reward model's re-encoded rows
         if self.response_len:
             response_B = (attended_BS[:, P:] | self.mask_BT.bool()).long().cumsum(-1).argmax(-1) + 1
+        return prompt_B, response_B
+
+    def by_length(self) -> torch.Tensor:
+        """[B] long: the row order that sorts rows by (prompt columns, response columns) they need, stable.
+        Consecutive micro-batches of rows in this order are each as narrow as `trim` can make them."""
+        prompt_B, response_B = self.row_widths()
         key_B = (prompt_B + response_B) * (self.input_ids_BS.shape[1] + 1) + response_B
         return torch.sort(key_B, stable=True).indices
+
+    def split_by_tokens(self, max_tokens: int, min_micro_batches: int = 1, setting: str = "max_tokens") -> list["RolloutBatch"]:
+        """Consecutive micro-batches (in row order: sort with `by_length` first) of at most `max_tokens`
+        padded tokens each, after `trim`; with fewer than `min_micro_batches` the ones with most rows are
+        halved until there are that many (ranks must run the same number of passes). `token_budget_groups`
+        has the rule; `setting` names the config field in its error."""
+        prompt_B, response_B = self.row_widths()
+        groups = token_budget_groups(prompt_B.tolist(), response_B.tolist(), max_tokens, min_micro_batches, setting)
+        return [self.select(torch.tensor(rows)) for rows in groups]
 
     def to(self, device: torch.device | str) -> "RolloutBatch":
         """A copy with every tensor on `device`."""
@@ -225,3 +239,31 @@ class RolloutBatch:
     def num_tokens(self) -> int:
         """Number of valid response tokens: the global normalizer of token-mean losses."""
         return int(self.mask_BT.sum().item())
+
+
+def token_budget_groups(prompt_widths: Sequence[int], response_widths: Sequence[int], max_tokens: int,
+                        min_groups: int = 1, setting: str = "max_tokens") -> list[list[int]]:
+    """Consecutive row groups whose padded size, rows × (widest prompt + widest response in the group), is at
+    most `max_tokens` (greedy: a row joins the current group while it fits). A row that alone needs more is
+    a ValueError naming `setting`. With fewer than `min_groups` groups, the group with the most rows is halved
+    (its first half first) until there are `min_groups`; more than the rows is a ValueError."""
+    groups: list[list[int]] = []
+    widest_p = widest_r = 0
+    for row, (p, r) in enumerate(zip(prompt_widths, response_widths)):
+        if p + r > max_tokens:
+            raise ValueError(f"{setting}={max_tokens} is smaller than one row ({p} prompt + {r} response tokens): "
+                             "raise it to at least the longest prompt + response")
+        wp, wr = max(widest_p, p), max(widest_r, r)
+        if groups and (len(groups[-1]) + 1) * (wp + wr) <= max_tokens:
+            groups[-1].append(row)
+            widest_p, widest_r = wp, wr
+        else:
+            groups.append([row])
+            widest_p, widest_r = p, r
+    if min_groups > len(prompt_widths):
+        raise ValueError(f"cannot cut {len(prompt_widths)} rows into {min_groups} micro-batches")
+    while len(groups) < min_groups:
+        i = max(range(len(groups)), key=lambda g: len(groups[g]))
+        half = (len(groups[i]) + 1) // 2
+        groups[i:i + 1] = [groups[i][:half], groups[i][half:]]
+    return groups

@@ -73,7 +73,7 @@ class TrainEngine:
 
     __call__ = forward
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, last: bool | None = None) -> None:
         """Accumulate d(loss)/d(params), where `loss` is already normalised by GLOBAL counts.
 
         Contract (STYLE.md item 7): the caller divides each micro-batch's summed loss by the count of
@@ -86,7 +86,14 @@ class TrainEngine:
         gradients. We undo both: `scale_wrt_gas=False` skips the first, multiplying the loss by the
         data-parallel world size cancels the second. Consequently splitting a batch over more ranks
         or micro-batches does not change the update (tests/engine prove it for ZeRO 0, 2 and 3).
+
+        `last`: whether this micro-batch ends the update (then `step` applies it), instead of DeepSpeed's
+        count of grad_accum_steps, so an update may have any number of micro-batches (packed to a token
+        budget). An engine given `last` once must be given it on every backward after that: DeepSpeed's
+        own count no longer lines up.
         """
+        if last is not None:
+            self._engine.set_gradient_accumulation_boundary(bool(last))
         self._engine.backward(loss * self._engine.dp_world_size, scale_wrt_gas=False)
 
     def step(self) -> dict[str, float]:

@@ -89,25 +89,33 @@ class TrainableWorker(BaseWorker):
 
     def _update_micro_batches(self, minibatch: RolloutBatch, schedule: UpdateSchedule) -> list[RolloutBatch]:
         """The minibatch's micro-batches on this rank's device; with `schedule.padding_free` of rows of
-        similar length, each trimmed to its own width. Every row is in exactly one, so the sum of the
-        globally normalised micro-batch losses — the update — is the same either way."""
-        if schedule.padding_free and len(minibatch) > 1:
+        similar length, each trimmed to its own width; with `schedule.max_tokens_per_micro_batch` packed to
+        that many padded tokens each, as many on every rank (the most any rank needs). Every row is in
+        exactly one, so the sum of the globally normalised micro-batch losses — the update — is the same."""
+        budget = schedule.max_tokens_per_micro_batch
+        if (schedule.padding_free or budget is not None) and len(minibatch) > 1:
             minibatch = minibatch.select(minibatch.by_length())
-        micros = minibatch.split(schedule.micro_batch_size)
-        return [(m.trim() if schedule.padding_free else m).to(self.device) for m in micros]
+        if budget is None:
+            micros = minibatch.split(schedule.micro_batch_size)
+            return [(m.trim() if schedule.padding_free else m).to(self.device) for m in micros]
+        setting = "algorithm.update.max_tokens_per_micro_batch"
+        local = len(minibatch.split_by_tokens(budget, setting=setting))
+        count = int(all_reduce_max(torch.tensor([local])).item())  # every rank the same number of passes
+        return [m.trim().to(self.device) for m in minibatch.split_by_tokens(budget, count, setting=setting)]
 
     def accumulate(self, micros: list, loss_fn: Callable, weight_fn: Callable, tracker: "UpdateTracker") -> None:
         """Forward/backward every micro-batch of one optimizer update, then step.
 
         `loss_fn(micro)` → (loss already normalised by the GLOBAL count, metrics); `weight_fn(micro)`
         weighs the micro-batch's metrics. A non-finite loss on any rank raises on every rank before
-        its backward, so no NaN gradient is ever applied.
+        its backward, so no NaN gradient is ever applied. The last micro-batch is marked as the update's
+        end, so an update may have any number of them (a token budget), not only grad_accum_steps.
         """
         self.engine.train()
-        for micro in micros:
+        for i, micro in enumerate(micros):
             loss, metrics = loss_fn(micro)
             self._check_finite(loss)
-            self.engine.backward(loss)
+            self.engine.backward(loss, last=i == len(micros) - 1)
             stats = self.engine.step()
             tracker.add(loss, metrics, weight_fn(micro), stats)
 

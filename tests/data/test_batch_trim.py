@@ -1,4 +1,5 @@
 """RolloutBatch.trim and by_length: padding-free micro-batches (issue 17) lose nothing and undo exactly."""
+import pytest
 import torch
 
 from rlhf.data.batch import RolloutBatch
@@ -59,3 +60,30 @@ def test_rows_without_a_response_block_sort_and_trim_by_their_tokens():
     assert batch.by_length().tolist() == [2, 0, 1]
     assert batch.select([2, 0]).trim().input_ids_BS.tolist() == [[0, 4], [5, 6]]
     assert batch.trim().response_len == 0
+
+
+def test_token_budget_groups_pack_short_rows_together_and_cut_to_a_count():
+    from rlhf.data.batch import token_budget_groups
+
+    # (prompt, response) widths in length order; a group costs rows × (widest prompt + widest response)
+    prompts, responses = [2, 2, 2, 3, 3, 5], [2, 2, 2, 3, 5, 5]
+    assert token_budget_groups(prompts, responses, 12) == [[0, 1, 2], [3], [4], [5]]  # 3 × 4 = 12 fits
+    assert token_budget_groups(prompts, responses, 16) == [[0, 1, 2], [3, 4], [5]]  # 2 × (3 + 5) = 16 fits
+    assert token_budget_groups(prompts, responses, 10) == [[0, 1], [2], [3], [4], [5]]
+    # as many groups as another rank needs: the group with most rows is halved, the first of equals first
+    assert token_budget_groups(prompts, responses, 16, min_groups=5) == [[0], [1], [2], [3, 4], [5]]
+    with pytest.raises(ValueError, match=r"max_tokens=9 is smaller than one row \(5 prompt \+ 5 response"):
+        token_budget_groups(prompts, responses, 9)
+    with pytest.raises(ValueError, match="cannot cut 6 rows into 7"):
+        token_budget_groups(prompts, responses, 100, min_groups=7)
+
+
+def test_split_by_tokens_keeps_every_row_once_in_order_within_the_budget():
+    batch = _batch([2, 5, 3, 1, 4], [4, 1, 3, 6, 2], extra_left=3, extra_right=6)
+    ordered = batch.select(batch.by_length())
+    micros = ordered.split_by_tokens(14, min_micro_batches=4)
+    assert len(micros) == 4
+    assert sum((m.responses for m in micros), []) == ordered.responses  # every row once, in order
+    for micro in micros:
+        trimmed = micro.trim()
+        assert len(trimmed) * trimmed.input_ids_BS.shape[1] <= 14

@@ -666,6 +666,22 @@ def test_quickstart_offline_trains_on_saved_rollouts_and_resumes_exactly(quickst
     timeless = lambda r: {k: v for k, v in r.items() if not k.startswith(("time", "perf"))}  # noqa: E731
     assert timeless(again[2]) == timeless(steps[2])
 
+    # a NaN reward in a shard: refused with the file, the row and the field, before any worker starts
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "bad" / "step_000001.parquet"
+    bad.parent.mkdir()
+    table = pq.read_table(straight / "ppo" / "rollouts" / "step_000001.parquet")
+    scores = table.column("score").to_pylist()
+    scores[5] = float("nan")
+    pq.write_table(table.set_column(table.column_names.index("score"), "score", pa.array(scores, pa.float32())), bad)
+    result = rlhf(*OFFLINE_SMOKE, f"run_dir={tmp_path / 'refused'}", "stages=[offline]", f"offline.data.train={bad.parent}",
+                  f"offline.actor.path={straight / 'sft' / 'final'}",
+                  f"offline.gold_eval.prompts={straight / 'data' / 'eval_prompts.jsonl'}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"{bad}, row 5, field 'score': expected the row's reward as a finite number, got nan" in result.stderr
+
 
 def test_offline_data_that_does_not_exist_is_refused_before_anything_starts(quickstart, tmp_path):
     result = rlhf("recipe=quickstart_offline", f"run_dir={tmp_path / 'run'}", "stages=[offline]", "logging=quiet",

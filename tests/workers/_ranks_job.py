@@ -211,14 +211,16 @@ def _update_then_restore(actor, batch, schedule) -> dict:
 
 def padding_free(models: Path, out: Path) -> dict:
     """The same rollout rows (mixed lengths, widened by extra padding) through every role's forward and
-    one actor and critic update each, at the batch's full width and padding-free: outputs and updated
-    weights compared. ZeRO-3 on 2 ranks: trimming must not change the number of collective forwards."""
+    one actor and critic update each, at the batch's full width, padding-free, and packed to a token budget
+    (the updates only): outputs and updated weights compared. ZeRO-3 on 2 ranks: trimming must not change
+    the number of collective forwards, and under the budget rank 0's rows (cut to one response token) fit
+    in fewer micro-batches than rank 1's, so the ranks must be given the same number of passes."""
     zero = EngineConfig(zero_stage=3, lr=1e-2, zero3_param_persistence_threshold=0)
     prompts = [("1+2=", "3"), ("12+34=", "46"), ("5+5=", "10"), ("71+18=", "89"), ("3+40=", "43"), ("9+9=", "18"),
                ("10+23=", "33"), ("7+1=", "8")]
     schedule = UpdateSchedule(epochs=1, num_minibatches=1, micro_batch_size=2, shuffle=False)
     seen, batch = {}, None
-    for free in (False, True):
+    for free in (False, True, "budget"):
         actor = ActorWorker("actor", RANK, WORLD, seed=0)
         actor.init_model(str(models / "lm"), OPTS, zero, 2, 2)
         critic = CriticWorker("critic", RANK, WORLD, seed=0)
@@ -230,19 +232,28 @@ def padding_free(models: Path, out: Path) -> dict:
         if batch is None:  # sampled once: both passes see the same rows
             sampled = actor.generate(shard(prompts), SamplingParams(max_new_tokens=8, n=1, seed=3, temperature=1.5))
             batch = sampled.pad_to(sampled.prompt_len + 5, sampled.response_len + 7)
+            if RANK == 0:  # one response token per row: short rows, packed many to a micro-batch
+                P = batch.prompt_len
+                batch.mask_BT[:, 1:] = 0
+                batch.attention_mask_BS[:, P + 1:] = 0
             g = torch.Generator().manual_seed(RANK)
             batch.advantages_BT = torch.randn(batch.mask_BT.shape, generator=g) * batch.mask_BT
             batch.returns_BT = torch.randn(batch.mask_BT.shape, generator=g) * batch.mask_BT
             seen["widths"] = [batch.prompt_len, batch.response_len]
             seen["response_lengths"] = batch.mask_BT.sum(-1).tolist()
         for worker in (actor, critic, reference, reward):
-            worker.padding_free = free
-        schedule.padding_free = free
-        tag = "free" if free else "padded"
-        seen[f"{tag}_logprobs"] = actor.logprobs(batch).tolist()
-        seen[f"{tag}_ref"] = reference.logprobs(batch, 1.0).tolist()
-        seen[f"{tag}_values"] = critic.values(batch).tolist()
-        seen[f"{tag}_scores"] = reward.score(batch)["scores_B"].tolist()
+            worker.padding_free = bool(free)
+        schedule.padding_free = bool(free)
+        schedule.max_tokens_per_micro_batch = 24 if free == "budget" else None
+        tag = {False: "padded", True: "free", "budget": "budget"}[free]
+        if free == "budget":
+            prompt_B, response_B = batch.row_widths()
+            seen["budget_local_micro_batches"] = len(batch.select(batch.by_length()).split_by_tokens(24))
+        else:
+            seen[f"{tag}_logprobs"] = actor.logprobs(batch).tolist()
+            seen[f"{tag}_ref"] = reference.logprobs(batch, 1.0).tolist()
+            seen[f"{tag}_values"] = critic.values(batch).tolist()
+            seen[f"{tag}_scores"] = reward.score(batch)["scores_B"].tolist()
         batch.old_logprobs_BT = torch.tensor(seen["padded_logprobs"])
         batch.values_BT = torch.tensor(seen["padded_values"])
         seen[f"{tag}_actor_loss"] = actor.update(batch, PolicyLossConfig(), schedule, 0)["actor/loss"]

@@ -172,8 +172,12 @@ def test_recomputed_old_logprobs_make_the_first_ratio_exactly_one(models, tmp_pa
 def test_padding_free_micro_batches_compute_the_same_values_and_updates(models, tmp_path):
     """Issue 17: micro-batches grouped by length and trimmed to their own width give every role the
     values the full-width batch gives (on valid tokens), and the same actor and critic updates — on
-    ZeRO-3 ranks, where trimming must keep every rank's forwards in lock-step (a hang fails the test)."""
-    for seen in run_ranks("padding_free", models, tmp_path):
+    ZeRO-3 ranks, where trimming must keep every rank's forwards in lock-step (a hang fails the test).
+    Packed to a token budget (algorithm.update.max_tokens_per_micro_batch) the ranks' rows need different
+    numbers of micro-batches; the update is still the padded one, and no rank waits forever."""
+    results = run_ranks("padding_free", models, tmp_path)
+    assert len({seen["budget_local_micro_batches"] for seen in results}) == 2, results[0]["budget_local_micro_batches"]
+    for seen in results:
         mask = torch.tensor([[1.0] * int(n) + [0.0] * (seen["widths"][1] - int(n)) for n in seen["response_lengths"]])
         assert seen["widths"][1] - max(seen["response_lengths"]) >= 7  # there was padding to trim
         for key in ("logprobs", "ref", "values"):
@@ -183,3 +187,4 @@ def test_padding_free_micro_batches_compute_the_same_values_and_updates(models, 
                                    atol=1e-5, rtol=0)
         for key in ("actor_loss", "critic_loss", "actor_after", "critic_after"):
             assert seen[f"free_{key}"] == pytest.approx(seen[f"padded_{key}"], abs=1e-4, rel=1e-5), key
+            assert seen[f"budget_{key}"] == pytest.approx(seen[f"padded_{key}"], abs=1e-4, rel=1e-5), key
