@@ -300,10 +300,16 @@ class RoleEngines:
     reward: EngineConfig = field(default_factory=EngineConfig)
     reference: EngineConfig = field(default_factory=EngineConfig)
     forward_micro_batch_size: int = 16  # rows per forward for log-probs/values/scores (per rank)
+    # Instead: forwards packed to this many padded tokens each (length-sorted rows, many short ones to a
+    # pass); null = forward_micro_batch_size rows. The training counterpart: algorithm.update.max_tokens_per_micro_batch.
+    forward_max_tokens_per_micro_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.forward_micro_batch_size < 1:
             invalid("engines", "forward_micro_batch_size", self.forward_micro_batch_size, "an int >= 1")
+        if self.forward_max_tokens_per_micro_batch is not None and self.forward_max_tokens_per_micro_batch < 1:
+            invalid("engines", "forward_max_tokens_per_micro_batch", self.forward_max_tokens_per_micro_batch,
+                    "an int >= 1, or null")
 
 
 @dataclass

@@ -10,33 +10,21 @@ dpo.gold_accuracy, dpo.gold_accuracy_gain): the stage's own measure of success.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.algorithms.preference import dpo_loss
 from rlhf.config.supervised import DPOConfig
 from rlhf.data.preferences import PreferenceDataset
-from rlhf.trainers.supervised import GoldEval, SupervisedState, SupervisedTrainer, _datasets, gold_eval
+from rlhf.trainers.supervised import GoldBeforeAfter, GoldEval, SupervisedTrainer, _datasets, gold_eval
 
 
-@dataclass
-class DPOState(SupervisedState):
-    gold_initial: dict | None = None  # the gold evaluation before the first update (kept across resumes)
-
-
-class DPOTrainer(SupervisedTrainer):
+class DPOTrainer(GoldBeforeAfter, SupervisedTrainer):
     stage = "dpo"
     plot_keys = ["loss", "rewards/margins", "rewards/accuracies", "eval/rewards/accuracies", "eval/loss"]
-    state_cls = DPOState
 
     def __init__(self, *args, gold: GoldEval | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gold = gold
-
-    def on_start(self) -> None:
-        """The policy's gold accuracy before its first update (once: a resumed run has it in its state)."""
-        if self.gold is not None and self.state.gold_initial is None and self.state.step == 0:
-            self.state.gold_initial = self.gold.evaluate(self.group)
 
     def train_step(self, examples: list) -> dict[str, float]:
         c = self.cfg
@@ -63,13 +51,7 @@ class DPOTrainer(SupervisedTrainer):
         summary.update({f"train_{k.replace('/', '_')}": last[k] for k in ("rewards/margins", "rewards/accuracies")
                         if k in last})
         summary.update({k.replace("/", "_"): v for k, v in last.items() if k.startswith("eval/")})  # eval_rewards_*
-        if self.gold is not None:
-            final = self.gold.evaluate(self.group)
-            initial = self.state.gold_initial or {}
-            summary.update(final)
-            if "gold_accuracy" in initial:
-                summary.update(gold_accuracy_initial=initial["gold_accuracy"],
-                               gold_accuracy_gain=final["gold_accuracy"] - initial["gold_accuracy"])
+        summary.update(self.gold_summary())
         return summary
 
 

@@ -24,24 +24,17 @@ accuracy of the policies that sampled it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.config.algorithm import UpdateSchedule
 from rlhf.config.offline import OfflineConfig
 from rlhf.data.offline import OfflineDataset, offline_batch
-from rlhf.trainers.supervised import GoldEval, SupervisedState, SupervisedTrainer, make_gold_eval
+from rlhf.trainers.supervised import GoldBeforeAfter, GoldEval, SupervisedTrainer, make_gold_eval
 
 
-@dataclass
-class OfflineState(SupervisedState):
-    gold_initial: dict | None = None  # the gold evaluation before the first update (kept across resumes)
-
-
-class OfflineTrainer(SupervisedTrainer):
+class OfflineTrainer(GoldBeforeAfter, SupervisedTrainer):
     stage = "offline"
     plot_keys = ["actor/loss", "actor/approx_kl", "actor/ratio_mean", "actor/entropy", "eval/gold_accuracy"]
-    state_cls = OfflineState
 
     def __init__(self, cfg: OfflineConfig, groups, train_set: OfflineDataset, *, run_dir: str | Path,
                  stage: str = "offline", gold: GoldEval | None = None, pad_token_id: int = 0) -> None:
@@ -49,11 +42,6 @@ class OfflineTrainer(SupervisedTrainer):
         self.groups, self.gold, self.pad_token_id = groups, gold, pad_token_id
         self.schedule = UpdateSchedule(epochs=1, num_minibatches=1, micro_batch_size=cfg.trainer.micro_batch_size,
                                        shuffle=False, padding_free=cfg.algorithm.padding_free)
-
-    def on_start(self) -> None:
-        """The policy's gold accuracy before its first update (once: a resumed run has it in its state)."""
-        if self.gold is not None and self.state.gold_initial is None and self.state.step == 0:
-            self.state.gold_initial = self.gold.evaluate(self.group)
 
     def train_step(self, examples: list) -> dict[str, float]:
         c = self.cfg
@@ -80,17 +68,8 @@ class OfflineTrainer(SupervisedTrainer):
 
     def final_summary(self, history: list[dict]) -> dict[str, float]:
         last = history[-1] if history else {}
-        summary = {"steps": self.state.step, "train_loss": last.get("actor/loss"),
-                   "approx_kl": last.get("actor/approx_kl"), **self.train_set.report()}
-        if self.gold is not None:
-            final = self.gold.evaluate(self.group)
-            initial = self.state.gold_initial or {}
-            summary.update(final)
-            for key in ("gold_accuracy", "gold_accuracy_sampled"):
-                if key in initial and key in final:
-                    summary[f"{key}_initial"] = initial[key]
-                    summary[f"{key}_gain"] = final[key] - initial[key]
-        return summary
+        return {"steps": self.state.step, "train_loss": last.get("actor/loss"),
+                "approx_kl": last.get("actor/approx_kl"), **self.train_set.report(), **self.gold_summary()}
 
 
 def run_offline(cfg: OfflineConfig, run_dir: str | Path, resume: bool = False,

@@ -66,6 +66,9 @@ def init_models(cfg: PPOConfig, groups) -> None:
             actor_tokenizer_path=tokenizer or cfg.actor.path, use_chat_template=cfg.reward.use_chat_template))
     for call in pending:
         call.result()
+    if engines.forward_max_tokens_per_micro_batch is not None:
+        for role in cfg.roles():
+            groups[role].call("set_forward_token_budget", engines.forward_max_tokens_per_micro_batch)
     groups["actor"].call("init_rollout", cfg.rollout, cfg.max_model_len(), cfg.trainer.seed)
 
 

@@ -8,7 +8,8 @@ checkpoint with the same seeds and rewrites their shards with the same rows. Loa
 
 One row per sampled sequence (`ROLLOUT_COLUMNS`). Token lists are unpadded: `prompt_ids` are the prompt's
 real tokens, `response_ids` run through the last token the policy sampled, and `response_mask`,
-`behaviour_logprobs`, `ref_logprobs` (and `sampler_logprobs` when the run kept the rollout engine's own)
+`behaviour_logprobs`, `ref_logprobs` (and `sampler_logprobs` when the run kept the rollout engine's own,
+`turn_rewards` for multi-turn episodes: each turn's reward at its last sampled token, 0 elsewhere)
 have one entry per response token. `behaviour_logprobs` are the log-probs of the weights that sampled
 (`weight_version`) as the policy loss uses them; `score` is the reward the step trained on (before
 shaping and the KL term), `gold` the task verifier's (NaN without one).
@@ -29,7 +30,7 @@ from rlhf.data.batch import RolloutBatch
 ROLLOUT_DIR = "rollouts"
 ROLLOUT_COLUMNS = ("step", "weight_version", "group_id", "sample_index", "prompt", "response", "reference",
                    "prompt_ids", "response_ids", "response_mask", "behaviour_logprobs", "ref_logprobs",
-                   "sampler_logprobs", "score", "gold", "truncated")
+                   "sampler_logprobs", "turn_rewards", "score", "gold", "truncated")
 
 
 def shard_path(stage_dir: str | Path, step: int) -> Path:
@@ -58,7 +59,8 @@ def rollout_rows(batch: RolloutBatch, step: int, weight_version: int) -> dict[st
         columns["response_ids"].append(batch.response_ids_BT[i, :n].tolist())
         columns["response_mask"].append(batch.mask_BT[i, :n].to(torch.int8).tolist())
         for name, tensor in (("behaviour_logprobs", batch.old_logprobs_BT), ("ref_logprobs", batch.ref_logprobs_BT),
-                             ("sampler_logprobs", batch.rollout_logprobs_BT)):
+                             ("sampler_logprobs", batch.rollout_logprobs_BT),
+                             ("turn_rewards", batch.turn_rewards_BT)):
             columns[name].append(tensor[i, :n].float().tolist() if tensor is not None else None)
         columns["score"].append(float(batch.scores_B[i]) if batch.scores_B is not None else math.nan)
         columns["gold"].append(float(batch.gold_B[i]) if batch.gold_B is not None else math.nan)
@@ -86,7 +88,8 @@ def _schema(pa) -> Any:
                       ("sample_index", pa.int32()), ("prompt", pa.string()), ("response", pa.string()),
                       ("reference", pa.string()), ("prompt_ids", ints), ("response_ids", ints),
                       ("response_mask", pa.list_(pa.int8())), ("behaviour_logprobs", floats),
-                      ("ref_logprobs", floats), ("sampler_logprobs", floats), ("score", pa.float32()),
+                      ("ref_logprobs", floats), ("sampler_logprobs", floats), ("turn_rewards", floats),
+                      ("score", pa.float32()),
                       ("gold", pa.float32()), ("truncated", pa.bool_())])
 
 

@@ -178,6 +178,36 @@ class RewardModelTrainer(SupervisedTrainer):
 
 
 @dataclass
+class GoldState(SupervisedState):
+    gold_initial: dict | None = None  # the gold evaluation before the first update (kept across resumes)
+
+
+class GoldBeforeAfter:
+    """For a SupervisedTrainer with `self.gold` (a GoldEval or None): the policy's gold accuracy before its
+    first update (`on_start`, once: a resumed run has it in its state) and, at the end, after it with the
+    gains (`gold_summary`)."""
+
+    state_cls = GoldState
+    gold: "GoldEval | None" = None
+
+    def on_start(self) -> None:
+        if self.gold is not None and self.state.gold_initial is None and self.state.step == 0:
+            self.state.gold_initial = self.gold.evaluate(self.group)
+
+    def gold_summary(self) -> dict[str, float]:
+        """The final evaluation, plus `<key>_initial` and `<key>_gain` of gold_accuracy (and of
+        gold_accuracy_sampled when measured); {} without a gold evaluation."""
+        if self.gold is None:
+            return {}
+        final, initial = self.gold.evaluate(self.group), self.state.gold_initial or {}
+        summary = dict(final)
+        for key in ("gold_accuracy", "gold_accuracy_sampled"):
+            if key in initial and key in final:
+                summary.update({f"{key}_initial": initial[key], f"{key}_gain": final[key] - initial[key]})
+        return summary
+
+
+@dataclass
 class GoldEval:
     """Held-out prompts with references and the task verifier that scores greedy answers to them."""
 

@@ -103,7 +103,8 @@ class ActorWorker(SamplingMixin, TrainableWorker):
         return forward_in_chunks(
             batch, self.forward_batch_size, self.engine.cfg.zero_stage == 3, self.device,
             lambda micro: response_logprobs(self.engine, micro.input_ids_BS, micro.attention_mask_BS,
-                                            micro.response_len, temperature), padding_free=self.padding_free)
+                                            micro.response_len, temperature), padding_free=self.padding_free,
+            max_tokens=self.forward_max_tokens)
 
     @dispatch(Dispatch.SPLIT_RANK0)
     def update(self, batch: RolloutBatch, loss_cfg: PolicyLossConfig, schedule: UpdateSchedule, step: int,

@@ -78,6 +78,9 @@ class BaseWorker:
     # padding (rlhf/workers/inference.py): the same values, less work. False computes at the batch's
     # full width: kept for the comparisons in tests/ and bench/padding_free.py.
     padding_free = True
+    # Forward-only passes packed to this many padded tokens per micro-batch instead of a row count
+    # (`ppo.engines.forward_max_tokens_per_micro_batch`, set by `set_forward_token_budget`); None = rows.
+    forward_max_tokens: int | None = None
 
     def __init__(self, role: str, rank: int, world_size: int, seed: int = 0) -> None:
         self.role, self.rank, self.world_size = role, rank, world_size
@@ -88,6 +91,11 @@ class BaseWorker:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0")
         # Same seed on every rank: identical model init across data-parallel ranks.
         seed_everything(seed)
+
+    @dispatch(Dispatch.ALL)
+    def set_forward_token_budget(self, max_tokens: int | None) -> None:
+        """Pack this rank's forward-only micro-batches to `max_tokens` padded tokens (None = row counts)."""
+        self.forward_max_tokens = max_tokens
 
     @dispatch(Dispatch.ALL)
     def free_port(self, host: str) -> int:

@@ -32,7 +32,8 @@ class CriticWorker(TrainableWorker):
         return forward_in_chunks(
             batch, self.forward_batch_size, self.engine.cfg.zero_stage == 3, self.device,
             lambda micro: critic_values(self.engine, micro.input_ids_BS, micro.attention_mask_BS,
-                                        micro.response_len), padding_free=self.padding_free)
+                                        micro.response_len), padding_free=self.padding_free,
+            max_tokens=self.forward_max_tokens)
 
     @dispatch(Dispatch.SPLIT_RANK0)
     def update(self, batch: RolloutBatch, loss_cfg: ValueLossConfig, schedule: UpdateSchedule,

@@ -15,7 +15,8 @@ from rlhf.workers.collectives import all_reduce_max
 
 
 def forward_in_chunks(batch: RolloutBatch, chunk_size: int, collective: bool, device: torch.device,
-                      forward: Callable[[RolloutBatch], torch.Tensor], padding_free: bool = True) -> torch.Tensor:
+                      forward: Callable[[RolloutBatch], torch.Tensor], padding_free: bool = True,
+                      max_tokens: int | None = None) -> torch.Tensor:
     """Concatenate `forward(micro)` over micro-batches of `chunk_size` rows (results moved to CPU), in the
     batch's row order: `[B, T]` for per-token outputs, `[B]` for per-sequence ones.
 
@@ -23,10 +24,19 @@ def forward_in_chunks(batch: RolloutBatch, chunk_size: int, collective: bool, de
     its own width (`RolloutBatch.trim`), so a short row is not computed at the batch's longest width; the
     values are the same (positions come from the attention mask), per-token outputs are zero-padded back
     to T. The number of forwards does not change, so ZeRO-3 ranks stay in lock-step.
+
+    `max_tokens`: micro-batches of the length-sorted rows packed to at most that many padded tokens each
+    (`RolloutBatch.split_by_tokens`) instead of `chunk_size` rows; ranks with fewer run dummy forwards.
     """
+    padding_free = padding_free or max_tokens is not None
     order_B = batch.by_length() if padding_free and len(batch) > 1 else None
     rows = batch.select(order_B) if order_B is not None else batch
-    micros = rows.split(chunk_size) if len(rows) else []
+    if not len(rows):
+        micros = []
+    elif max_tokens is not None:
+        micros = rows.split_by_tokens(max_tokens, setting="engines.forward_max_tokens_per_micro_batch")
+    else:
+        micros = rows.split(chunk_size)
     n_forwards = lockstep_forwards(len(micros), collective)
     outputs = []
     with torch.no_grad():

@@ -115,7 +115,8 @@ class RewardWorker(BaseWorker):
         scores_B = forward_in_chunks(
             batch, self.forward_batch_size, self.engine.cfg.zero_stage == 3, self.device,
             lambda micro: reward_scores(self.engine, micro.input_ids_BS, micro.attention_mask_BS),
-            padding_free=self.padding_free)
+            padding_free=self.padding_free,
+            max_tokens=self.forward_max_tokens)
         return {"scores_B": scores_B, "gold_B": gold_B, "fn_failures_B": failures_B, **outcomes}
 
     @dispatch(Dispatch.ALL)

@@ -225,7 +225,8 @@ def test_ppo_resumes_from_its_checkpoint_when_given_more_steps(quickstart, tmp_p
 
 
 def test_quickstart_grpo_reuses_earlier_stage_outputs(quickstart, tmp_path):
-    """GRPO with the verifier as reward; its prepare and sft outputs are taken from the quickstart run."""
+    """GRPO with the verifier as reward; its prepare and sft outputs are taken from the quickstart run;
+    micro-batches packed to token budgets."""
     run_dir = tmp_path / "run"
     for part in ("data", "base", "sft"):
         shutil.copytree(quickstart / part, run_dir / part)
@@ -234,7 +235,9 @@ def test_quickstart_grpo_reuses_earlier_stage_outputs(quickstart, tmp_path):
             "ppo.engines.forward_micro_batch_size=8", "ppo.data.max_eval_prompts=8",
             # the copied data was written with the quickstart smoke's task size
             "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16",
-            "ppo.trainer.save_rollouts=true"))
+            "ppo.trainer.save_rollouts=true",
+            # updates and forwards packed to token budgets (issue 17) instead of row counts
+            "ppo.algorithm.update.max_tokens_per_micro_batch=48", "ppo.engines.forward_max_tokens_per_micro_batch=64"))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["ppo"]["steps"] == 2 and "gold_reward_final" in summary["ppo"]
     assert not (run_dir / "ppo" / "final_critic").exists()  # critic-free

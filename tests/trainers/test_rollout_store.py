@@ -42,7 +42,7 @@ def test_shard_round_trips_through_datasets(tmp_path):
     assert [len(x) for x in rows["behaviour_logprobs"]] == [3, 2, 4, 4]
     assert all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(rows["behaviour_logprobs"][0], [-0.1, -0.2, -0.3]))
     assert all(math.isclose(r - b, -0.5, abs_tol=1e-6) for r, b in zip(rows["ref_logprobs"][2], rows["behaviour_logprobs"][2]))
-    assert rows["sampler_logprobs"] == [None] * 4  # not kept by this batch
+    assert rows["sampler_logprobs"] == [None] * 4 and rows["turn_rewards"] == [None] * 4  # not in this batch
     assert rows["score"] == [1.0, 0.0, 0.5, 0.25] and rows["gold"] == [1.0, 0.0, 1.0, 0.0]
     assert rows["truncated"] == [False, False, True, False]
     assert rows["reference"] == ["3", "3", '{"k": 1}', '{"k": 1}'] and rows["response"][0] == "xy"
@@ -65,3 +65,12 @@ def test_missing_scores_and_gold_are_nan(tmp_path):
     write_rollout_shard(tmp_path, 2, batch, weight_version=3)
     rows = datasets.load_dataset("parquet", data_files=str(shard_path(tmp_path, 2)), split="train")
     assert all(math.isnan(g) for g in rows["gold"])
+
+
+def test_an_episode_batch_keeps_its_turn_rewards(tmp_path):
+    batch = hand_built_batch()
+    batch.turn_rewards_BT = torch.zeros_like(batch.mask_BT)
+    batch.turn_rewards_BT[3, 0] = 0.5  # row 3's first turn ends at its first token, then environment tokens
+    write_rollout_shard(tmp_path, 1, batch, weight_version=0)
+    rows = datasets.load_dataset("parquet", data_files=str(shard_path(tmp_path, 1)), split="train")
+    assert rows["turn_rewards"] == [[0.0] * 3, [0.0] * 2, [0.0] * 4, [0.5, 0.0, 0.0, 0.0]]

@@ -241,19 +241,19 @@ def padding_free(models: Path, out: Path) -> dict:
             batch.returns_BT = torch.randn(batch.mask_BT.shape, generator=g) * batch.mask_BT
             seen["widths"] = [batch.prompt_len, batch.response_len]
             seen["response_lengths"] = batch.mask_BT.sum(-1).tolist()
+        budget = 24 if free == "budget" else None
         for worker in (actor, critic, reference, reward):
             worker.padding_free = bool(free)
+            worker.set_forward_token_budget(budget)
         schedule.padding_free = bool(free)
-        schedule.max_tokens_per_micro_batch = 24 if free == "budget" else None
+        schedule.max_tokens_per_micro_batch = budget
         tag = {False: "padded", True: "free", "budget": "budget"}[free]
-        if free == "budget":
-            prompt_B, response_B = batch.row_widths()
-            seen["budget_local_micro_batches"] = len(batch.select(batch.by_length()).split_by_tokens(24))
-        else:
-            seen[f"{tag}_logprobs"] = actor.logprobs(batch).tolist()
-            seen[f"{tag}_ref"] = reference.logprobs(batch, 1.0).tolist()
-            seen[f"{tag}_values"] = critic.values(batch).tolist()
-            seen[f"{tag}_scores"] = reward.score(batch)["scores_B"].tolist()
+        if budget:
+            seen["budget_local_micro_batches"] = len(batch.select(batch.by_length()).split_by_tokens(budget))
+        seen[f"{tag}_logprobs"] = actor.logprobs(batch).tolist()
+        seen[f"{tag}_ref"] = reference.logprobs(batch, 1.0).tolist()
+        seen[f"{tag}_values"] = critic.values(batch).tolist()
+        seen[f"{tag}_scores"] = reward.score(batch)["scores_B"].tolist()
         batch.old_logprobs_BT = torch.tensor(seen["padded_logprobs"])
         batch.values_BT = torch.tensor(seen["padded_values"])
         seen[f"{tag}_actor_loss"] = actor.update(batch, PolicyLossConfig(), schedule, 0)["actor/loss"]

@@ -181,10 +181,13 @@ def test_padding_free_micro_batches_compute_the_same_values_and_updates(models, 
         mask = torch.tensor([[1.0] * int(n) + [0.0] * (seen["widths"][1] - int(n)) for n in seen["response_lengths"]])
         assert seen["widths"][1] - max(seen["response_lengths"]) >= 7  # there was padding to trim
         for key in ("logprobs", "ref", "values"):
-            padded, free = torch.tensor(seen[f"padded_{key}"]), torch.tensor(seen[f"free_{key}"])
-            torch.testing.assert_close(free * mask, padded * mask, atol=1e-5, rtol=0, msg=key)
-        torch.testing.assert_close(torch.tensor(seen["free_scores"]), torch.tensor(seen["padded_scores"]),
-                                   atol=1e-5, rtol=0)
+            padded = torch.tensor(seen[f"padded_{key}"])
+            for mode in ("free", "budget"):
+                torch.testing.assert_close(torch.tensor(seen[f"{mode}_{key}"]) * mask, padded * mask, atol=1e-5,
+                                           rtol=0, msg=f"{mode} {key}")
+        for mode in ("free", "budget"):
+            torch.testing.assert_close(torch.tensor(seen[f"{mode}_scores"]), torch.tensor(seen["padded_scores"]),
+                                       atol=1e-5, rtol=0)
         for key in ("actor_loss", "critic_loss", "actor_after", "critic_after"):
             assert seen[f"free_{key}"] == pytest.approx(seen[f"padded_{key}"], abs=1e-4, rel=1e-5), key
             assert seen[f"budget_{key}"] == pytest.approx(seen[f"padded_{key}"], abs=1e-4, rel=1e-5), key
