@@ -612,12 +612,31 @@ def test_tool_use_smoke_plays_calculator_episodes_through_the_real_command(tmp_p
 
 def test_guess_number_smoke_plays_the_game_through_the_real_command(tmp_path):
     """The built-in guess_number environment end to end: prepare (secrets, played games, a code-tokenizer
-    model), SFT, GRPO on games; every episode ends with a reason, the turns are counted."""
+    model), SFT, GRPO on games; every episode ends with a reason, the turns are counted. The games are
+    saved, and an offline stage (added to the recipe's stages) trains the SFT model on step 1's: its first
+    ratio is 1, so the stored masks with their environment-token holes line up with the training forward."""
+    import datasets
+
     run_dir = tmp_path / "run"
-    ok(rlhf("recipe=guess_number", f"run_dir={run_dir}", *EPISODE_SMOKE, "ppo.env.max_turns=3"))
+    ok(rlhf("recipe=guess_number", f"run_dir={run_dir}", *EPISODE_SMOKE, "ppo.env.max_turns=3",
+            "ppo.trainer.save_rollouts=true", "recipe_stages=[prepare,sft,ppo,offline]",
+            "+engine@offline.engine=cpu_fp32", "+placement@offline.placement=cpu_local",
+            "offline.actor.path=${run_dir}/sft/final", "offline.data.train=${run_dir}/ppo/rollouts/step_*1.parquet",
+            "offline.trainer.total_steps=1", "offline.trainer.batch_size=16", "offline.trainer.micro_batch_size=8"))
     steps = episode_steps(run_dir, episodes_per_step=16)
     assert all(1.0 <= r["episode/turns_mean"] <= 3.0 for r in steps)
-    assert "gold_reward_final" in json.loads((run_dir / "summary.json").read_text())["ppo"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "gold_reward_final" in summary["ppo"]
+    rows = datasets.load_dataset("parquet", data_files=str(run_dir / "ppo" / "rollouts" / "step_000001.parquet"),
+                                 split="train")
+    holes = sum(any(m == 0 for m in mask[:max(i for i, v in enumerate(mask) if v) + 1])
+                for mask in rows["response_mask"])
+    assert holes > 0  # games of several turns: the environment's answers inside the response block
+    assert all(len(t) == len(m) for t, m in zip(rows["turn_rewards"], rows["response_mask"]))
+    first = next(r for r in records(run_dir) if r["stage"] == "offline")
+    assert first["actor/ratio_max"] == pytest.approx(1.0, abs=1e-4)
+    assert first["actor/ratio_min"] == pytest.approx(1.0, abs=1e-4)
+    assert summary["offline"]["data_rows"] == 16
 
 
 OFFLINE_SMOKE = ["recipe=quickstart_offline", "logging=quiet",
@@ -692,3 +711,24 @@ def test_offline_data_that_does_not_exist_is_refused_before_anything_starts(quic
                   f"offline.gold_eval.prompts={quickstart / 'data' / 'eval_prompts.jsonl'}")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "offline.data.train=" in result.stderr and "does not exist" in result.stderr
+
+
+def test_offline_on_prompt_response_reward_rows_takes_behaviour_logprobs_from_the_reference(quickstart, tmp_path):
+    """Issue 14: any dataset with prompt, response and reward columns (here the quickstart's SFT demos,
+    rewarded 1 where the demo is right), tokenized by the actor's tokenizer; its behaviour log-probs are
+    the reference's, which is the SFT model the actor starts from: the first ratio is 1."""
+    rows = [json.loads(line) for line in (quickstart / "data" / "sft.jsonl").read_text().splitlines()[:32]]
+    data = tmp_path / "scored.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["response"],
+                                        "reward": float(r["response"] == r["answer"])}) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    ok(rlhf(*OFFLINE_SMOKE, f"run_dir={run_dir}", "stages=[offline]", f"offline.data.train={data}",
+            "offline.data.behaviour=reference", "offline.data.reward_key=reward", "offline.algorithm.advantage=none",
+            f"offline.actor.path={quickstart / 'sft' / 'final'}", "offline.trainer.total_steps=2",
+            f"offline.gold_eval.prompts={quickstart / 'data' / 'eval_prompts.jsonl'}"))
+    steps = [r for r in records(run_dir) if r["stage"] == "offline"]
+    assert steps[0]["actor/ratio_max"] == pytest.approx(1.0, abs=1e-5)
+    assert steps[0]["actor/ratio_min"] == pytest.approx(1.0, abs=1e-5)
+    summary = json.loads((run_dir / "summary.json").read_text())["offline"]
+    assert summary["data_rows"] == 32 and summary["data_groups"] == len({r["prompt"] for r in rows})
+    assert summary["data_reward_mean"] == pytest.approx(sum(r["response"] == r["answer"] for r in rows) / 32)
