@@ -8,6 +8,7 @@
 Stages and what they leave in run_dir (the next stage's inputs, wired by interpolation in the recipe,
 e.g. `ppo.actor.path: ${run_dir}/sft/final`):
     prepare  data/ (a task's JSONL files) and base/ (a tiny model + tokenizer), when the recipe asks
+             (rlhf.trainers.prepare_stage.prepare)
     sft      sft/final/   HF causal LM + tokenizer          (rlhf.trainers.supervised.run_sft)
     rm       rm/final/    HF sequence classifier + tokenizer (run_rm); summary.json rm.score_mean/std
     dpo      dpo/final/   HF causal LM + tokenizer          (rlhf.trainers.dpo.run_dpo)
@@ -35,11 +36,10 @@ Nothing here imports Ray: the dry run stays Ray-free, and the stage entry points
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rlhf.config.io import save_yaml
@@ -50,7 +50,6 @@ from rlhf.distributed.placement import PlacementPlan, plan_placement, plan_roles
 logger = logging.getLogger(__name__)
 
 TRAINER_STAGES = ("sft", "rm", "dpo", "ppo", "offline")
-PREPARE_SPEC = "prepare.json"  # written next to prepared outputs: the settings they were made with
 
 
 class PipelineError(ValueError):
@@ -144,6 +143,8 @@ def _total_steps(cfg: RunConfig, stage: str) -> int:
 def stage_done(cfg: RunConfig, stage: str, run_dir: Path, summary: dict) -> tuple[bool, str]:
     """(finished?, why) for one stage of a run_dir."""
     if stage == "prepare":
+        from rlhf.trainers.prepare_stage import PREPARE_SPEC
+
         missing = [p for p in stage_outputs(cfg, run_dir)["prepare"] if not (p / PREPARE_SPEC).exists()]
         return (not missing, "outputs present" if not missing else f"{missing[0]} missing")
     entry, final = summary.get(stage), run_dir / stage / "final"
@@ -456,6 +457,8 @@ def set_torch_threads(threads: int) -> None:
 
 def run_stage(cfg: RunConfig, stage: str, run_dir: Path, resume: bool) -> dict:
     if stage == "prepare":
+        from rlhf.trainers.prepare_stage import prepare
+
         return prepare(cfg, run_dir)
     if stage == "sft":
         from rlhf.trainers.supervised import run_sft
@@ -478,70 +481,3 @@ def run_stage(cfg: RunConfig, stage: str, run_dir: Path, resume: bool) -> dict:
     if cfg.ppo_reward_norm_from_rm:
         reward_norm_from_rm(cfg, run_dir)
     return run_ppo(cfg.ppo, run_dir, resume=resume)
-
-
-# --- prepare --------------------------------------------------------------------------------------------
-def prepare(cfg: RunConfig, run_dir: Path) -> dict:
-    """Write the task's data files to run_dir/data and build the tiny model into run_dir/base (idempotent)."""
-    from rlhf.tasks import get_task
-
-    made = {}
-    spec = cfg.prepare
-    if spec.task:
-        kwargs = dict(spec.task_kwargs)
-        made["data"] = _build_once(run_dir / "data", {"task": spec.task, "kwargs": kwargs},
-                                   lambda out: get_task(spec.task, **kwargs).write_files(out))
-    if spec.tiny_model is not None:
-        model = asdict(spec.tiny_model)
-        settings = dict(model) if model["tokenizer"] != "char" else {k: v for k, v in model.items() if k != "tokenizer"}
-        made["base"] = _build_once(run_dir / "base", settings, lambda out: _build_base(out, dict(model)))
-        made["base_spec"] = asdict(spec.tiny_model)
-    return made
-
-
-def _build_base(out: Path, model: dict) -> Path:
-    """The tiny model of a `prepare.tiny_model` spec (as a dict) and its tokenizer, into `out`."""
-    from rlhf.models.tiny import build_tiny_model
-
-    overrides, tokenizer = model.pop("config_overrides"), model.pop("tokenizer")
-    tokenizer_dir = None  # the character-level tokenizer, built beside the model
-    if tokenizer == "mistral":
-        from rlhf.models.public_vocab import build_mistral_tokenizer
-
-        build_mistral_tokenizer(out)
-        tokenizer_dir = out
-    elif tokenizer == "code":
-        from rlhf.models.tiny import CODE_ALPHABET, build_tiny_tokenizer
-
-        build_tiny_tokenizer(out, alphabet=CODE_ALPHABET)
-        tokenizer_dir = out
-    return build_tiny_model(out, tokenizer_dir=tokenizer_dir, **model, **overrides)
-
-
-def _build_once(out: Path, settings: dict, build) -> str:
-    """Build `out` with `build(tmp_dir)` unless it exists with the same settings; atomic (rename)."""
-    marker = out / PREPARE_SPEC
-    if marker.exists():
-        previous = json.loads(marker.read_text(encoding="utf-8"))
-        if previous != settings:
-            raise PipelineError(f"{out} was prepared with different settings ({previous}) than this run asks "
-                                f"({settings}): use another run_dir, or delete {out}")
-        logger.info("prepare: %s exists (same settings): reused", out)
-        return str(out)
-    if out.exists():
-        raise PipelineError(f"{out} exists but was not made by the prepare stage (no {PREPARE_SPEC}): "
-                            f"use another run_dir, or delete {out}")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    build(tmp)
-    _write_json(tmp / PREPARE_SPEC, settings)
-    os.replace(tmp, out)
-    logger.info("prepare: wrote %s", out)
-    return str(out)
-
-
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
