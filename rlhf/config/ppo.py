@@ -240,6 +240,9 @@ class TaskConfig:
     kwargs: dict = field(default_factory=dict)  # task constructor arguments (e.g. digits)
 
 
+STALENESS_POLICIES = ("wait", "drop")
+
+
 @dataclass
 class TrainerConfig:
     """The run: length, evaluation, checkpoints, logging, fault handling."""
@@ -273,8 +276,21 @@ class TrainerConfig:
     # Write each step's rollouts (token ids, masks, behaviour and reference log-probs, scores, gold, group
     # ids, weight version) as <stage>/rollouts/step_NNNNNN.parquet, atomically (rlhf/trainers/rollout_store.py)
     save_rollouts: bool = False
+    # Asynchronous rollout (rlhf/trainers/async_rollout.py): the rollouts of steps k+1..k+max_staleness
+    # are sampled before step k's update, with the weights of that moment, while step k is scored and
+    # trained; each is trained on at most max_staleness actor updates after the weights that sampled it,
+    # with the PPO ratio against its own behaviour log-probs. 0 = the synchronous loop, exactly.
+    max_staleness: int = 0
+    # A batch further behind than max_staleness when its step comes (the bound was lowered on resume):
+    # "wait" re-samples its prompts with the current weights (no data lost, the wait is the cost);
+    # "drop" discards it and samples the next prompts instead. Counted: async/waited, async/dropped.
+    staleness_policy: str = "wait"
 
     def __post_init__(self) -> None:
+        if self.max_staleness < 0:
+            invalid("trainer", "max_staleness", self.max_staleness, "an int >= 0 (0 = synchronous)")
+        if self.staleness_policy not in STALENESS_POLICIES:
+            invalid("trainer", "staleness_policy", self.staleness_policy, f"one of {list(STALENESS_POLICIES)}")
         if self.hacking_patience < 0:
             invalid("trainer", "hacking_patience", self.hacking_patience, "an int >= 0 (0 = off)")
         if not self.hacking_gold_tolerance >= 0:
@@ -362,6 +378,10 @@ class PPOConfig:
             invalid("ppo", "data.train", self.data.train, "a prompt dataset (hub name or local file)")
         if self.env.name:
             self._validate_env()
+            if self.trainer.max_staleness:
+                invalid("ppo", "trainer.max_staleness", self.trainer.max_staleness,
+                        "0 with env.name set (episodes step their environments between the actor's turns in the "
+                        "controller; sampling them ahead is not built)")
         elif self.reward_role.uses_model and not self.reward.path:
             invalid("ppo", "reward.path", self.reward.path, "a reward-model directory, or set "
                     "reward_role.use_task_reward=true with a task, reward_role.reward_fn or reward_role.server_url")

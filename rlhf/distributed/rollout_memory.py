@@ -31,11 +31,14 @@ def rollout_estimate(cfg: PPOConfig, actor: MemoryEstimate, gpu_memory_gib: floa
 
 def describe_rollout(cfg: PPOConfig) -> str:
     """The dry run's placement line for the rollout engines."""
-    rollout = cfg.rollout
+    rollout, trainer = cfg.rollout, cfg.trainer
+    timing = ("synchronous" if not trainer.max_staleness else
+              f"asynchronous: step k+1..k+{trainer.max_staleness} sampled before step k's update "
+              f"(trainer.max_staleness={trainer.max_staleness}, staleness_policy={trainer.staleness_policy})")
     if rollout.engine == "hf":
-        return "rollout: hf generate on the actor's own ranks (no separate engine)"
+        return f"rollout: hf generate on the actor's own ranks (no separate engine); {timing}"
     vllm, ranks = rollout.vllm, cfg.placement.actor.world_size
     sleep = ", sleeps while the actor trains" if vllm.enable_sleep_mode else ""
     return (f"rollout: vllm, {ranks} engine(s), one per actor rank, colocated on the actor's "
             f"{'GPUs' if cfg.placement.use_gpu else 'CPU ranks'} (gpu_memory_utilization {vllm.gpu_memory_utilization:g}"
-            f"{sleep}); weights synced after every update in {vllm.sync_bucket_mb} MB buckets")
+            f"{sleep}); weights synced after every update in {vllm.sync_bucket_mb} MB buckets; {timing}")

@@ -33,6 +33,7 @@ from rlhf.data.batch import RolloutBatch
 from rlhf.data.sampler import ResumableSampler
 from rlhf.models import SamplingParams
 from rlhf.trainers import preemption
+from rlhf.trainers.async_rollout import AsyncRollouts, async_summary
 from rlhf.trainers.checkpoint import CheckpointManager
 from rlhf.workers.faults import maybe_crash
 from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summary_table, write_summary
@@ -84,6 +85,8 @@ class ControllerState:
     reward_fn_failures: dict = field(default_factory=dict)  # kind → rows scored by the fallback, whole run
     reward_outcomes: dict = field(default_factory=dict)  # the task scorer's outcome → training rows, whole run
     save_deferred: bool = False  # a checkpoint fell due during a streak of skipped steps: save at the next good one
+    policy_version: int = 0  # actor updates applied: the version a rollout sampled ahead records
+    async_counts: dict = field(default_factory=dict)  # batches, staleness_sum, wait, drop (rlhf/trainers/async_rollout.py)
 
 
 class PPOTrainer:
@@ -109,6 +112,8 @@ class PPOTrainer:
         self.hacking = RewardHackingMonitor(cfg.trainer.hacking_patience, cfg.trainer.hacking_gold_tolerance)
         self.metrics: MetricsLogger | None = None
         self.weight_version = 0  # the rollout engines' weights: the actor's updates at the last sync
+        self.sampling_weight_version = 0  # the weight version that sampled the batch of the step in progress
+        self.async_rollouts = AsyncRollouts(self)  # batches sampled ahead (trainer.max_staleness)
 
     # --- the run -------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, float]:
@@ -172,7 +177,7 @@ class PPOTrainer:
             batch = self.score(batch)
         if self.cfg.trainer.save_rollouts:
             with timer("save_rollouts"):
-                write_rollout_shard(self.stage_dir, step, batch, self.weight_version)
+                write_rollout_shard(self.stage_dir, step, batch, self.sampling_weight_version)
         with timer("advantages"):
             batch = self.compute_advantages(batch)
         metrics = self.rollout_metrics(batch)
@@ -181,6 +186,7 @@ class PPOTrainer:
         with timer("update"):
             metrics.update(self.update(batch, step))
         if step > self.cfg.trainer.critic_warmup_steps:
+            self.state.policy_version += 1
             with timer("sync"):
                 metrics.update(self.sync_weights())
         self.kl_ctl.update(metrics["kl/mean"], len(batch))
@@ -190,15 +196,31 @@ class PPOTrainer:
 
     # --- stages --------------------------------------------------------------------------------
     def rollout(self, step: int) -> RolloutBatch:
-        """Actor generates `samples_per_prompt` responses for the next prompt batch."""
+        """Actor generates `samples_per_prompt` responses for the next prompt batch — or, with
+        `trainer.max_staleness`, the batch sampled for this step earlier (rlhf/trainers/async_rollout.py)."""
+        if self.cfg.trainer.max_staleness or self.async_rollouts.ahead:
+            batch, self.sampling_weight_version = self.async_rollouts.take(step)
+            return batch
         examples = [self.train_prompts[i] for i in self.sampler.next_batch()]
-        params = self._sampling(seed=_mix(self.cfg.trainer.seed, step))
-        batch = self._sample(examples, params)
-        # Each rank numbered its own prompts: renumber globally (rows keep prompt-major order).
-        batch.group_ids_B = torch.arange(len(examples)).repeat_interleave(params.n)
-        batch.raw_prompts = _raw_prompts(examples, params.n)
+        params = self.rollout_params(step)
+        batch = self.finish_rollout(self._sample(examples, params), examples, params.n)
         if self.cfg.rollout.recompute(self.cfg.engines.actor.dtype):
             self._recompute_old_logprobs(batch)
+        self.sampling_weight_version = self.weight_version
+        return batch
+
+    def rollout_params(self, step: int) -> SamplingParams:
+        """Step `step`'s sampling parameters: its seed is a function of (run seed, step) only."""
+        return self._sampling(seed=_mix(self.cfg.trainer.seed, step))
+
+    def finish_rollout(self, batch: RolloutBatch, examples, n: int, recomputed: bool = False) -> RolloutBatch:
+        """Global group ids and the raw prompts of a sampled batch; with `recomputed` (the actor recomputed
+        old log-probs after sampling) the sampler/trainer gap metrics as `_recompute_old_logprobs` gives."""
+        # Each rank numbered its own prompts: renumber globally (rows keep prompt-major order).
+        batch.group_ids_B = torch.arange(len(examples)).repeat_interleave(n)
+        batch.raw_prompts = _raw_prompts(examples, n)
+        if recomputed:
+            self._use_train_logprobs(batch, batch.rollout_logprobs_BT, batch.old_logprobs_BT)
         return batch
 
     def _sample(self, examples, params) -> RolloutBatch:
@@ -214,13 +236,18 @@ class PPOTrainer:
         rollout/kl_rollout_vs_train = the k3 estimate of KL(π_sampler ‖ π_train) on the sampled tokens."""
         sampler_BT = batch.old_logprobs_BT
         train_BT = self.groups["actor"].call("logprobs", batch, self.cfg.rollout.temperature).to(sampler_BT.dtype)
+        self._use_train_logprobs(batch, sampler_BT, train_BT)
+
+    def _use_train_logprobs(self, batch: RolloutBatch, sampler_BT: torch.Tensor, train_BT: torch.Tensor) -> None:
+        """The training forward's log-probs become the old ones; the sampler's are kept only for the
+        rollout correction. Sets the two gap metrics (see `_recompute_old_logprobs`)."""
         mask_BT = batch.mask_BT
         batch.extra["rollout/logprob_abs_diff"] = float(masked_mean((sampler_BT - train_BT).abs(), mask_BT))
         batch.extra["rollout/kl_rollout_vs_train"] = float(masked_mean(approx_kl(sampler_BT, train_BT, "k3", mask_BT),
                                                                        mask_BT))
         batch.old_logprobs_BT = torch.where(mask_BT.bool(), train_BT, 0.0)
-        if self.cfg.algorithm.rollout_correction.mode != "off":  # only the correction reads them later
-            batch.rollout_logprobs_BT = sampler_BT
+        # only the correction reads them later
+        batch.rollout_logprobs_BT = sampler_BT if self.cfg.algorithm.rollout_correction.mode != "off" else None
 
     def sync_weights(self) -> dict[str, float]:
         """Push the actor's current weights to its rollout engines (`sync/*` metrics); each later
@@ -389,7 +416,7 @@ class PPOTrainer:
         if not torch.isnan(batch.gold_B).all():
             m["gold/mean"] = float(batch.gold_B.mean())
         m.update({k: v for k, v in batch.extra.items()
-                  if k.startswith(("rollout/", "reward/fn_", "reward/outcome_", "episode/"))})
+                  if k.startswith(("rollout/", "reward/fn_", "reward/outcome_", "episode/", "async/"))})
         if batch.values_BT is not None:
             m["critic/values_mean"] = float(masked_mean(batch.values_BT, mask_BT))
             m["critic/explained_variance"] = float(explained_variance(batch.values_BT, batch.returns_BT, mask_BT))
@@ -432,6 +459,7 @@ class PPOTrainer:
                 if role in self.groups:
                     self.groups[role].call("save_checkpoint", str(directory / role))
                     maybe_crash(f"checkpoint_write_{role}", step)
+            self.async_rollouts.save(directory)
             (directory / "controller.json").write_text(json.dumps(asdict(self.state), indent=1))
 
         return self.checkpoints.save(step, write)
@@ -451,6 +479,7 @@ class PPOTrainer:
         self.kl_ctl.load_state_dict(self.state.kl_controller)
         self.hacking.load_state_dict(self.state.hacking)
         self.sampler.load_state_dict(self.state.sampler)
+        self.async_rollouts.load(latest)
         logger.info("resumed from %s (step %d)", latest, self.state.step)
         return True
 
@@ -469,6 +498,7 @@ class PPOTrainer:
                 counts = self.groups[role].call("parameter_counts")
                 summary.update({f"{role}_trainable_parameters": counts["trainable"], f"{role}_parameters": counts["total"]})
         summary.update({f"reward_fn_{kind}": n for kind, n in self.state.reward_fn_failures.items()})
+        summary.update(async_summary(self.cfg.trainer.max_staleness, self.state.async_counts))
         summary.update({f"reward_outcome_{name}": n for name, n in sorted(self.state.reward_outcomes.items())})
         for name in ("gold_sampled", "gold_greedy", "reward_sampled", "reward_greedy"):
             key = f"eval/{name}"

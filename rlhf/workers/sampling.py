@@ -33,10 +33,14 @@ class SamplingMixin:
         return int(self.engine.global_steps)
 
     @dispatch(Dispatch.SPLIT)
-    def generate(self, items: list[tuple[Any, Any]], params: SamplingParams) -> RolloutBatch:
+    def generate(self, items: list[tuple[Any, Any]], params: SamplingParams,
+                 recompute_temperature: float | None = None) -> RolloutBatch:
         """Sample `params.n` responses per (prompt, reference) item of this rank's shard.
 
-        A seeded call gives every rank its own stream (seed + rank), a function of the seed only."""
+        A seeded call gives every rank its own stream (seed + rank), a function of the seed only. With
+        `recompute_temperature` (an actor sampling ahead of its update, rlhf/trainers/async_rollout.py)
+        the old log-probs are recomputed here, with the weights that sampled: `old_logprobs_BT` holds the
+        training forward's and `rollout_logprobs_BT` the sampler's."""
         self.engine.eval()
         if params.seed is not None:
             params = dataclasses.replace(params, seed=params.seed + 7919 * self.rank)
@@ -56,6 +60,10 @@ class SamplingMixin:
                 raise
             raise RolloutEngineError(f"{where}: generate failed: {type(err).__name__}: {err}") from err
         batch = batch.to("cpu")
+        if recompute_temperature is not None:
+            sampler_BT = batch.old_logprobs_BT
+            batch.old_logprobs_BT = self.logprobs(batch, recompute_temperature).to(sampler_BT.dtype).cpu()
+            batch.rollout_logprobs_BT = sampler_BT
         if len(batch):
             valid = batch.attention_mask_BS[0].bool()
             self.last_probe = (batch.input_ids_BS[0][valid].tolist(), int(valid[:batch.prompt_len].sum()))
