@@ -15,6 +15,7 @@ every cell does not hinge on the machine it was tuned on.
     python bench/recipe_matrix.py                              # quickstart, seeds 0 1 2 × kernels native avx2
     python bench/recipe_matrix.py --recipe quickstart_grpo
     python bench/recipe_matrix.py --recipe quickstart_offline
+    python bench/recipe_matrix.py --recipe quickstart_async
     python bench/recipe_matrix.py --threads 1 default --kernels native
     python bench/recipe_matrix.py --out /tmp/matrix -- ppo.trainer.total_steps=80   # extra overrides
 
@@ -46,6 +47,7 @@ COLUMNS = [  # (header, stage, summary key, format)
     ("sampled gold", "ppo", ("gold_reward_initial", "gold_reward_final"), "{:.3f} → {:.3f}"),
     ("greedy gold", "ppo", ("gold_greedy_initial", "gold_greedy_final"), "{:.3f} → {:.3f}"),
     ("RM–gold corr", "ppo", "rm_gold_corr_final", "{:.2f}"),
+    ("staleness", "ppo", "async_staleness_mean", "{:.2f}"),  # asynchronous rollout: mean updates behind
     ("data gold", "offline", "data_gold_mean", "{:.3f}"),  # the stored rollouts' own accuracy
     ("offline sampled gold", "offline", ("gold_accuracy_sampled_initial", "gold_accuracy_sampled"), "{:.3f} → {:.3f}"),
     ("offline greedy gold", "offline", ("gold_accuracy_initial", "gold_accuracy"), "{:.3f} → {:.3f}"),
@@ -84,7 +86,8 @@ def cell(summary: dict, stage: str, key, fmt: str) -> str:
 
 def table(results: list[dict]) -> str:
     stages = {stage for r in results for stage in r["summary"]}
-    columns = [c for c in COLUMNS if c[1] in stages]
+    columns = [c for c in COLUMNS if c[1] in stages  # and that some run reports
+               and any(cell(r["summary"], *c[1:]) not in ("—", "n/a") for r in results)]
     head = ["seed", "kernels", "threads"] + [c[0] for c in columns] + ["minutes", "expectations"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:

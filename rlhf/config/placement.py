@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ROLES = ("actor", "critic", "reward", "reference")
+LAYOUTS = ("separate", "hybrid")
+HYBRID_GROUP = "hybrid"  # the device group of the roles without a colocate name in the hybrid layout
 
 
 def _require(condition: bool, field_name: str, value, allowed: str) -> None:
@@ -50,6 +52,11 @@ class PlacementConfig:
     """Placement of all roles. `use_gpu=False` places ranks by CPU share only (tests, laptops)."""
 
     use_gpu: bool = True  # one GPU (or a fractional share when colocated) per rank
+    # "separate": every role's rank is a process of its own (colocated roles share devices, not processes).
+    # "hybrid": the roles of a device group share one process per rank, hosting each role's engine and
+    # running them in turn with all the rank's devices and threads; roles without a `colocate` name form
+    # the group "hybrid" (so by default all roles share one process per rank). rlhf/workers/hybrid.py.
+    layout: str = "separate"
     actor: RolePlacement = field(default_factory=RolePlacement)
     critic: RolePlacement = field(default_factory=RolePlacement)
     reward: RolePlacement = field(default_factory=RolePlacement)
@@ -65,5 +72,6 @@ class PlacementConfig:
         return getattr(self, name)
 
     def validate(self) -> None:
+        _require(self.layout in LAYOUTS, "placement.layout", self.layout, f"one of {list(LAYOUTS)}")
         for name in ROLES:
             self.role(name).validate(f"placement.{name}")

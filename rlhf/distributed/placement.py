@@ -13,9 +13,9 @@ turns a plan into Ray placement groups.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from rlhf.config.placement import NodeSpec, PlacementConfig, RolePlacement
+from rlhf.config.placement import HYBRID_GROUP, NodeSpec, PlacementConfig, RolePlacement
 
 
 class PlanError(ValueError):
@@ -52,6 +52,11 @@ class PlacementPlan:
     groups: list[DeviceGroup]
     slots: list[RankSlot]
     use_gpu: bool
+    layout: str = "separate"  # "hybrid": the roles of a device group share one process per rank
+
+    def hosted_together(self, group: DeviceGroup) -> bool:
+        """Whether `group`'s roles live in one process per rank (the hybrid layout, several roles)."""
+        return self.layout == "hybrid" and len(group.roles) > 1
 
     def role_slots(self, role: str) -> list[RankSlot]:
         """The slots of `role` ordered by rank."""
@@ -67,6 +72,9 @@ class PlacementPlan:
         for g in self.groups:
             nodes = ", ".join(f"node{n}" for n in g.assigned_nodes) or "unplanned"
             share = f"{1 / len(g.roles):.2f} {device} share" if len(g.roles) > 1 else f"1 {device}"
+            if self.hosted_together(g):
+                share = (f"one process hosting all {len(g.roles)} roles (hybrid layout: they run in turn, "
+                         f"each with the whole {device} and {g.bundle_resources['CPU']:g} CPU)")
             lines.append(f"[{g.name}] roles={'+'.join(g.roles)}  {g.num_nodes} node(s) × "
                          f"{g.devices_per_node} {device}(s) on {nodes}; each rank: {share}")
         return "\n".join(lines)
@@ -74,15 +82,20 @@ class PlacementPlan:
 
 def plan_placement(config: PlacementConfig, roles: list[str] | tuple[str, ...],
                    cluster: list[NodeSpec] | None = None) -> PlacementPlan:
-    """Build the plan for the active PPO `roles` and, if `cluster` is given, check that it fits."""
-    return plan_roles({role: config.role(role) for role in roles}, config.use_gpu, cluster)
+    """Build the plan for the active PPO `roles` and, if `cluster` is given, check that it fits. In the
+    hybrid layout the roles without a colocate name share the device group "hybrid"."""
+    placements = {role: config.role(role) for role in roles}
+    if config.layout == "hybrid":
+        placements = {role: p if p.colocate else replace(p, colocate=HYBRID_GROUP) for role, p in placements.items()}
+    return plan_roles(placements, config.use_gpu, cluster, layout=config.layout)
 
 
-def plan_roles(roles: dict[str, RolePlacement], use_gpu: bool, cluster: list[NodeSpec] | None = None) -> PlacementPlan:
+def plan_roles(roles: dict[str, RolePlacement], use_gpu: bool, cluster: list[NodeSpec] | None = None,
+               layout: str = "separate") -> PlacementPlan:
     """Plan any named roles (e.g. the single "sft" or "rm" role of a supervised stage)."""
     groups = _device_groups(roles, use_gpu)
     slots = [slot for g in groups for slot in _group_slots(roles, g, use_gpu)]
-    plan = PlacementPlan(groups=groups, slots=slots, use_gpu=use_gpu)
+    plan = PlacementPlan(groups=groups, slots=slots, use_gpu=use_gpu, layout=layout)
     if cluster:
         _fit(plan, cluster)
     return plan

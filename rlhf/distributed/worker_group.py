@@ -12,6 +12,8 @@ does not wait out the timeout of the ranks blocked in a collective with it).
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
 import tempfile
 import time
@@ -27,6 +29,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from rlhf.data.batch import RolloutBatch
 from rlhf.distributed.placement import PlacementPlan, RankSlot, create_placement_groups
 from rlhf.workers.base import THREADS_ENV, Dispatch, dispatch_mode
+from rlhf.workers.hybrid import HybridWorker
 
 DEFAULT_CALL_TIMEOUT_S = 1800.0
 
@@ -160,10 +163,14 @@ class WorkerGroup:
             if not args:
                 raise TypeError(f"{self.role}.{method} is a SPLIT method: pass the data as first argument")
             shards = split_arg(args[0], self.world_size)
-            refs = [getattr(w, method).remote(shard, *args[1:], **kwargs) for w, shard in zip(self.workers, shards)]
+            refs = [self._remote(w, method)(shard, *args[1:], **kwargs) for w, shard in zip(self.workers, shards)]
         else:
-            refs = [getattr(w, method).remote(*args, **kwargs) for w in self.workers]
+            refs = [self._remote(w, method)(*args, **kwargs) for w in self.workers]
         return GroupCall(self.role, method, refs, mode, timeout_s or self.call_timeout_s)
+
+    def _remote(self, worker, method: str):
+        """The Ray method that runs `method` on `worker`."""
+        return getattr(worker, method).remote
 
     def call(self, method: str, *args, timeout_s: float | None = None, **kwargs) -> Any:
         """Run `method` on the group and wait for its gathered result."""
@@ -171,7 +178,7 @@ class WorkerGroup:
 
     def call_rank(self, rank: int, method: str, *args, timeout_s: float | None = None, **kwargs) -> Any:
         """Run `method` on one rank only (setup and diagnostics)."""
-        ref = getattr(self.workers[rank], method).remote(*args, **kwargs)
+        ref = self._remote(self.workers[rank], method)(*args, **kwargs)
         return wait_all(self.role, method, [ref], timeout_s or self.call_timeout_s)[0]
 
     def ping(self, timeout_s: float = 60.0) -> list[dict]:
@@ -185,6 +192,40 @@ class WorkerGroup:
             except Exception:  # already dead
                 pass
         self.workers = []
+
+
+class HostedRoleGroup(WorkerGroup):
+    """One role of a hybrid device group (rlhf/workers/hybrid.py): the calls of a WorkerGroup of that
+    role (`worker_cls` declares their dispatch), run by the `host` group's processes, which host it
+    together with other roles. Shutting it down shuts the host down."""
+
+    def __init__(self, role: str, worker_cls: type, host: WorkerGroup) -> None:  # noqa: super().__init__ starts actors
+        self.role, self.worker_cls, self.host = role, worker_cls, host
+        self.call_timeout_s, self.world_size, self.workers = host.call_timeout_s, host.world_size, host.workers
+
+    def _remote(self, worker, method: str):
+        dispatch_mode(self.worker_cls, method)  # AttributeError here, in the driver, for an unknown method
+        return functools.partial(worker.call_role.remote, self.role, method)
+
+    def shutdown(self) -> None:
+        self.host.shutdown()
+        self.workers = []
+
+
+def host_slots(plan: PlacementPlan, group) -> list[RankSlot]:
+    """The slots of a hybrid device group's host processes: one per bundle, holding its whole device
+    and every hosted role's CPU share."""
+    return [RankSlot(role=group.name, rank=s.rank, group=group.name, node_slot=s.node_slot, bundle=s.bundle,
+                     num_gpus=1.0 if plan.use_gpu else 0.0, num_cpus=group.bundle_resources["CPU"])
+            for s in plan.role_slots(group.roles[0])]
+
+
+def host_env(env_vars: dict[str, str] | None, cpus: float) -> dict[str, str]:
+    """A host process's environment: torch threads = its whole CPU share unless the run fixed a count."""
+    env = dict(env_vars or {})
+    if not env.get(THREADS_ENV) and not os.environ.get(THREADS_ENV):
+        env[THREADS_ENV] = str(max(1, math.ceil(cpus - 1e-9)))
+    return env
 
 
 def single_host() -> bool:
@@ -202,18 +243,32 @@ class RoleGroups:
     def create(cls, plan: PlacementPlan, worker_classes: dict[str, type], *, seed: int = 0,
                init_kwargs: dict[str, dict] | None = None, env_vars: dict[str, str] | None = None,
                call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S, placement_timeout_s: float = 60.0) -> "RoleGroups":
-        """Create the placement groups of `plan`, then one worker group per role in `worker_classes`."""
+        """Create the placement groups of `plan`, then one worker group per role in `worker_classes`
+        (in the hybrid layout, one host group per device group of several roles and a HostedRoleGroup
+        per role on it)."""
         pgs = create_placement_groups(plan, timeout_s=placement_timeout_s)
         groups: dict[str, WorkerGroup] = {}
         try:
-            for role, worker_cls in worker_classes.items():
-                groups[role] = WorkerGroup(
-                    role, worker_cls, plan.role_slots(role), pgs[plan.group_of(role).name], seed=seed,
-                    init_kwargs=(init_kwargs or {}).get(role), env_vars=env_vars, call_timeout_s=call_timeout_s)
+            for device_group in plan.groups:
+                roles = [r for r in device_group.roles if r in worker_classes]
+                if plan.hosted_together(device_group) and len(roles) > 1:
+                    if any((init_kwargs or {}).get(r) for r in roles):
+                        raise ValueError(f"roles {roles} hosted in one process take no init_kwargs")
+                    host = WorkerGroup(device_group.name, HybridWorker, host_slots(plan, device_group),
+                                       pgs[device_group.name], seed=seed,
+                                       init_kwargs={"hosted": {r: worker_classes[r] for r in roles}},
+                                       env_vars=host_env(env_vars, device_group.bundle_resources["CPU"]),
+                                       call_timeout_s=call_timeout_s)
+                    groups.update({r: HostedRoleGroup(r, worker_classes[r], host) for r in roles})
+                    continue
+                for role in roles:
+                    groups[role] = WorkerGroup(
+                        role, worker_classes[role], plan.role_slots(role), pgs[device_group.name], seed=seed,
+                        init_kwargs=(init_kwargs or {}).get(role), env_vars=env_vars, call_timeout_s=call_timeout_s)
         except BaseException:
             cls(plan, groups, pgs).shutdown()
             raise
-        return cls(plan, groups, pgs)
+        return cls(plan, {r: groups[r] for r in worker_classes}, pgs)
 
     def __getitem__(self, role: str) -> WorkerGroup:
         return self.groups[role]

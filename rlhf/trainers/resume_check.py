@@ -5,7 +5,7 @@ same models, data, seeds, world sizes and algorithm. `check_resume` compares the
 the run's saved `config.yaml` and every local input file with the SHA-256 recorded in
 `run_dir/inputs.json` when it was first seen, and refuses (PipelineError) listing each changed field
 (`old → new`). Fields that only say how long or how visibly to run (`SAFE_CHANGES`: more total steps,
-evaluation and checkpoint cadence, logging, expectations) may change; anything else needs
+evaluation and checkpoint cadence, logging, expectations, the placement layout and CPU shares) may change; anything else needs
 `resume_allow_changes=[field, ...]` (a field, a parent such as `ppo.algorithm`, or a glob).
 """
 from __future__ import annotations
@@ -22,7 +22,9 @@ SAFE_CHANGES = ("resume", "dry_run", "overwrite", "stages", "strict_expectations
                 "run_dir", "*.trainer.total_steps", "*.engine.total_steps", "*.engines.*.total_steps",
                 "*.trainer.eval_every", "*.trainer.save_every", "*.trainer.keep_last", "*.trainer.call_timeout_s",
                 "*.trainer.progress", "*.trainer.tensorboard", "*.trainer.wandb", "*.trainer.wandb_project",
-                "*.expectations", "*.expectations.*")
+                "*.expectations", "*.expectations.*",
+                # where the same ranks run, not what they compute: a run resumes in either layout
+                "*.placement.layout", "*.placement.*.colocate", "*.placement.*.cpus_per_rank")
 
 
 def config_changes(saved: dict, current: dict, allowed: list[str]) -> list[str]:

@@ -81,3 +81,37 @@ def test_cpu_mode_requests_no_gpus():
 def test_invalid_role_placement_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"placement.critic.{field}={value}"):
         PlacementConfig(critic=RolePlacement(**{field: value}))
+
+
+def test_hybrid_layout_hosts_the_uncolocated_roles_in_one_process_per_rank():
+    from rlhf.distributed.worker_group import host_env, host_slots
+    from rlhf.workers.base import THREADS_ENV
+
+    cfg = PlacementConfig(layout="hybrid", **{r: RolePlacement(devices_per_node=2, cpus_per_rank=0.5) for r in ROLES})
+    plan = plan_placement(cfg, ROLES, cluster=[NodeSpec(gpus=2, cpus=8)])
+    (group,) = plan.groups
+    assert group.name == "hybrid" and group.roles == ROLES and plan.hosted_together(group)
+    assert group.bundle_resources == {"CPU": 2.0, "GPU": 1.0}  # every role's CPU share, one whole GPU
+    hosts = host_slots(plan, group)
+    assert [(s.rank, s.bundle, s.num_gpus, s.num_cpus) for s in hosts] == [(0, 0, 1.0, 2.0), (1, 1, 1.0, 2.0)]
+    assert "one process hosting all 4 roles (hybrid layout" in plan.describe()
+    assert host_env({}, 2.0)[THREADS_ENV] == "2" and host_env({}, 1.5)[THREADS_ENV] == "2"
+    assert host_env({THREADS_ENV: "1"}, 2.0)[THREADS_ENV] == "1"  # a run's own thread count wins
+
+
+def test_hybrid_layout_keeps_named_colocation_groups_apart():
+    cfg = PlacementConfig(layout="hybrid", actor=RolePlacement(colocate="policy"),
+                          reference=RolePlacement(colocate="policy"), critic=RolePlacement(), reward=RolePlacement())
+    plan = plan_placement(cfg, ROLES, cluster=[NodeSpec(gpus=2, cpus=8)])
+    assert {g.name: g.roles for g in plan.groups} == {"policy": ("actor", "reference"),
+                                                       "hybrid": ("critic", "reward")}
+    assert all(plan.hosted_together(g) for g in plan.groups)
+    separate = plan_placement(PlacementConfig(), ROLES, cluster=[NodeSpec(gpus=4, cpus=8)])
+    assert not any(separate.hosted_together(g) for g in separate.groups)
+    alone = plan_placement(PlacementConfig(layout="hybrid", actor=RolePlacement(colocate="a")), ["actor"])
+    assert not alone.hosted_together(alone.groups[0])  # one role: a process of its own either way
+
+
+def test_layout_is_validated():
+    with pytest.raises(ValueError, match="placement.layout='fused' is invalid"):
+        PlacementConfig(layout="fused")

@@ -224,6 +224,28 @@ def test_ppo_resumes_from_its_checkpoint_when_given_more_steps(quickstart, tmp_p
     assert summary["ppo"]["steps"] == 3 and summary["rm"] == json.loads((quickstart / "summary.json").read_text())["rm"]
 
 
+def test_ppo_resumes_in_the_hybrid_layout(quickstart, tmp_path):
+    """Issue 17 through the real command: the quickstart's PPO (four roles, checkpointed in the separate
+    layout) resumes with `placement@ppo.placement=cpu_hybrid`: one process hosts the four roles; the dry
+    run says so; the run ends with the stage's outputs."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(quickstart, run_dir)
+    smoke = [o for o in QUICKSTART_SMOKE if not o.startswith("ppo.trainer.total_steps")]
+    args = ["recipe=quickstart", f"run_dir={run_dir}", "stages=[ppo]", "resume=true", "ppo.trainer.total_steps=3",
+            "placement@ppo.placement=cpu_hybrid", *smoke]
+    plan = ok(rlhf(*args, "dry_run=true"))
+    assert "[hybrid] roles=actor+critic+reference+reward" in plan.stdout
+    assert "one process hosting all 4 roles (hybrid layout" in plan.stdout
+    result = ok(rlhf(*args))
+    assert "stage ppo: resuming" in result.stderr
+    assert [r["step"] for r in records(run_dir) if r["stage"] == "ppo"] == [0, 1, 2, 3]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ppo"]["steps"] == 3 and (run_dir / "ppo" / "final_critic").exists()
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.load(run_dir / "config.yaml").ppo.placement.layout == "hybrid"
+
+
 def test_quickstart_grpo_reuses_earlier_stage_outputs(quickstart, tmp_path):
     """GRPO with the verifier as reward; its prepare and sft outputs are taken from the quickstart run;
     micro-batches packed to token budgets."""
@@ -256,6 +278,33 @@ def test_quickstart_grpo_reuses_earlier_stage_outputs(quickstart, tmp_path):
                zip(rows["response_ids"], rows["behaviour_logprobs"], rows["response_mask"]))
     versions = sorted(set(rows["weight_version"]))
     assert len(versions) == 2 and versions[0] < versions[1]  # step 2 sampled with the weights step 1 trained
+
+
+def test_quickstart_async_samples_each_batch_one_update_behind(quickstart, tmp_path):
+    """Issue 14 through the real command: with max_staleness=1 the batch of step k+1 is sampled before
+    update k, so the saved rollouts of steps 1 and 2 carry the initial weight version and step 3's the
+    version after update 1; the dry run says so, summary.json has the async figures."""
+    run_dir = tmp_path / "run"
+    for part in ("data", "base", "sft"):
+        shutil.copytree(quickstart / part, run_dir / part)
+    args = ["recipe=quickstart_async", f"run_dir={run_dir}", "stages=[ppo]", "logging=quiet",
+            "ppo.trainer.total_steps=3", "ppo.trainer.eval_every=0", "ppo.rollout.prompts_per_step=4",
+            "ppo.algorithm.update.micro_batch_size=4", "ppo.engines.forward_micro_batch_size=8",
+            "ppo.data.max_eval_prompts=8", "prepare.task_kwargs.num_train_prompts=200",
+            "prepare.task_kwargs.num_eval_prompts=16", "ppo.trainer.save_rollouts=true"]
+    plan = ok(rlhf(*args, "dry_run=true"))
+    assert "asynchronous: step k+1..k+1 sampled before step k's update (trainer.max_staleness=1" in plan.stdout
+    ok(rlhf(*args))
+    history = [r for r in records(run_dir) if r.get("stage") == "ppo" and "reward/mean" in r]
+    assert [r["async/staleness_mean"] for r in history] == [0.0, 1.0, 1.0]
+    import datasets
+
+    rows = datasets.load_dataset("parquet", data_files=str(run_dir / "ppo" / "rollouts" / "*.parquet"), split="train")
+    version = {step: v for step, v in zip(rows["step"], rows["weight_version"])}
+    assert version[1] == version[2] < version[3]  # step 2 sampled before update 1, step 3 before update 2
+    summary = json.loads((run_dir / "summary.json").read_text())["ppo"]
+    assert summary["async_max_staleness"] == 1 and abs(summary["async_staleness_mean"] - 2 / 3) < 1e-9
+    assert summary["async_waited"] == summary["async_dropped"] == 0
 
 
 def test_sigterm_preempts_with_exit_5_and_a_checkpoint_then_resume_finishes(quickstart, tmp_path):

@@ -162,3 +162,36 @@ def test_async_rollout_kill_and_resume_match_the_uninterrupted_async_run(ray_clu
         for key, value in expected.items():
             torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6, msg=f"{name}:{key}")
     assert comparable(records(crashed)) == comparable(records(reference_dir))
+
+
+def test_hybrid_layout_hosts_the_four_roles_in_one_process_and_resumes_a_separate_run(ray_cluster, assets, tmp_path):
+    """Issue 17: `placement.layout=hybrid` hosts actor, critic, reference and reward in one process per
+    rank (the same worker-group calls), and a run checkpointed in the separate layout resumes in the
+    hybrid one and ends where the uninterrupted separate run does (same thread count: bit for bit)."""
+    from rlhf.trainers.ppo_setup import start_worker_groups
+
+    hybrid = small_config(assets, trainer__total_steps=3, trainer__save_every=1, trainer__eval_every=2,
+                          trainer__tensorboard=False, placement__layout="hybrid")
+    groups = start_worker_groups(hybrid)
+    try:
+        seen = {role: groups[role].ping()[0] for role in ("actor", "critic", "reference", "reward")}
+    finally:
+        groups.shutdown()
+    assert len({info["pid"] for info in seen.values()}) == 1, seen  # one process hosts them all
+    assert all(info["role"] == role for role, info in seen.items())  # each call reached its own role
+
+    separate = small_config(assets, trainer__total_steps=3, trainer__save_every=1, trainer__eval_every=2,
+                            trainer__tensorboard=False)
+    reference_dir = tmp_path / "separate"
+    run_ppo(separate, reference_dir)
+    switched = tmp_path / "switched"
+    separate.trainer.total_steps = 2
+    run_ppo(separate, switched)
+    summary = run_ppo(hybrid, switched, resume=True)
+    assert summary["steps"] == 3
+    assert [r["step"] for r in records(switched)] == [0, 1, 2, 3]
+    for name in ("final", "final_critic"):
+        expected, got = weights(reference_dir / "ppo" / name), weights(switched / "ppo" / name)
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6, msg=f"{name}:{key}")
+    assert comparable(records(switched)) == comparable(records(reference_dir))
