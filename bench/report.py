@@ -24,6 +24,7 @@ def comparisons(results: dict) -> list[dict]:
     """One row per measurement of the issue: value, baseline, ratio, target, met, reliable."""
     rows = []
     ray, local, trl = results.get("ray_ppo"), results.get("local_ppo"), results.get("trl_ppo")
+    hybrid = results.get("hybrid_ppo")
     gen, rm, mm = (results.get(k) for k in ("generation", "rm_ours", "matmul"))
     rm_trl = results.get("rm_trl_current") if _ok(results.get("rm_trl_current")) else results.get("rm_trl")
 
@@ -43,17 +44,27 @@ def comparisons(results: dict) -> list[dict]:
         if _ok(local):
             row("3. PPO s/iteration, Ray vs in-process", _med(ray, "seconds"), "s", "in-process (LocalWorkerGroup)",
                 _med(local, "seconds"), 1.10, False, [ray, local], "ratio ≤ 1.10 = within 10 % (or faster)")
+    if _ok(hybrid):  # issue 17: the roles in one process per rank, run in turn with all cores
+        if _ok(trl):
+            row("1/2b. PPO tokens/s, ours (Ray, hybrid layout) vs TRL", _med(hybrid, "tokens_per_s"), "tok/s",
+                f"TRL {trl.get('trl_version', '')} PPOTrainer", _med(trl, "tokens_per_s"), 2.0, True, [hybrid, trl])
+        if _ok(local):
+            row("3b. PPO s/iteration, Ray hybrid layout vs in-process", _med(hybrid, "seconds"), "s",
+                "in-process (LocalWorkerGroup)", _med(local, "seconds"), 1.05, False, [hybrid, local],
+                "ratio ≤ 1.05 = within 5 % (or faster)")
     if _ok(gen):
         row("4. rollout tokens/s vs bare generate", _med(gen, "ours_tokens_per_s"), "tok/s", "model.generate (KV cache)",
             _med(gen, "bare_tokens_per_s"), 0.9, True, [gen])
     if _ok(rm) and _ok(rm_trl):
         row("5. RM training pairs/s vs TRL", _med(rm, "pairs_per_s"), "pairs/s",
             f"TRL {rm_trl.get('trl_version', '')} RewardTrainer", _med(rm_trl, "pairs_per_s"), 1.5, True, [rm, rm_trl])
-    if _ok(ray) and _ok(mm):
-        flops = ray["flops"]["total"] / _med(ray, "seconds")
-        row("6. achieved FLOP/s of the PPO iteration vs dense matmul", flops, "FLOP/s",
-            f"torch.mm {mm['n']}² fp32 ({mm['threads']} threads, best)", _med(mm, "best_flops"), None, True, [ray, mm],
-            "fraction of the machine's matmul peak; no target")
+    for key, label in (("ray_ppo", "separate"), ("hybrid_ppo", "hybrid")):
+        section = results.get(key)
+        if _ok(section) and _ok(mm):
+            flops = section["flops"]["total"] / _med(section, "seconds")
+            row(f"6. achieved FLOP/s of the PPO iteration vs dense matmul ({label} layout)", flops, "FLOP/s",
+                f"torch.mm {mm['n']}² fp32 ({mm['threads']} threads, best)", _med(mm, "best_flops"), None, True,
+                [section, mm], "fraction of the machine's matmul peak; no target")
     return rows
 
 
@@ -79,7 +90,7 @@ def table(results: dict, rows: list[dict]) -> str:
         lines.append(f"{r['measurement']:58} {_fmt(r['value'], r['unit']):>16} {_fmt(r['baseline_value'], r['unit']):>16} "
                      f"{r['ratio']:>7.3f} {target:>8}  {status}")
         lines.append(f"{'':60}baseline: {r['baseline']}" + (f"; {r['note']}" if r["note"] else ""))
-    for key, label in (("ray_ppo", "Ray"), ("local_ppo", "in-process")):
+    for key, label in (("ray_ppo", "Ray"), ("hybrid_ppo", "Ray hybrid"), ("local_ppo", "in-process")):
         s = results.get(key)
         if _ok(s):
             med = s["median"]
@@ -90,7 +101,7 @@ def table(results: dict, rows: list[dict]) -> str:
         lines.append(f"TRL PPO: {_med(trl, 'seconds'):.3f} s/iteration, of which generate "
                      f"{_med(trl, 'stage/generate'):.3f} s (policy+value update is one optimizer step in TRL)")
     mem = []
-    for key in ("ray_ppo", "local_ppo", "trl_ppo", "rm_ours", "rm_trl", "rm_trl_current", "generation"):
+    for key in ("ray_ppo", "hybrid_ppo", "local_ppo", "trl_ppo", "rm_ours", "rm_trl", "rm_trl_current", "generation"):
         s = results.get(key)
         if _ok(s) and s.get("memory"):
             mem.append(f"{key}: " + ", ".join(f"{k}={v:.0f}" for k, v in s["memory"].items()))

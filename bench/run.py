@@ -41,7 +41,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # no CUDA here; silences DeepSpeed's detection warning
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray listens on loopback only
 
-SECTIONS = ("matmul", "generation", "local_ppo", "ray_ppo", "trl_ppo", "rm_ours", "rm_trl", "rm_trl_current", "scaling")
+SECTIONS = ("matmul", "generation", "local_ppo", "ray_ppo", "hybrid_ppo", "trl_ppo", "rm_ours", "rm_trl", "rm_trl_current", "scaling")
 TRL_SECTIONS = ("trl_ppo", "rm_trl", "rm_trl_current")
 SCALING_GRIDS = {
     "off": [],
@@ -104,7 +104,7 @@ def run_section(spec_path: str) -> None:
         result = sections.matmul(policy, threads)
     elif name == "generation":
         result = sections.generation(assets, w, policy, threads)
-    elif name in ("ray_ppo", "local_ppo"):
+    elif name in ("ray_ppo", "local_ppo", "hybrid_ppo"):
         result = sections.ppo(assets, w, policy, name.split("_")[0], threads, actor_threads)
     elif name == "rm_ours":
         result = sections.reward_model(assets, w, policy, threads)

@@ -1,6 +1,7 @@
 """Measurements of our stack; each runs in its own process (see run.py) and returns a JSON-able dict.
 
     ppo(..., mode="ray")    four roles as Ray actors (use_gpu=false, fractional CPUs)
+    ppo(..., mode="hybrid") the hybrid layout: one Ray actor hosting the four roles, all cores (issue 17)
     ppo(..., mode="local")  the same worker classes in this process (LocalWorkerGroup): no Ray
     generation(...)         our rollout vs bare `model.generate` on the same model and batch
     reward_model(...)       RewardModelWorker.train_step, 16 pairs per optimizer step
@@ -99,21 +100,25 @@ def ppo(assets: Assets, w: Workload, policy: Policy, mode: str, threads: int, ac
 
     set_threads(threads)
     cfg = ppo_config(assets, w)
+    if mode == "hybrid":  # one process with every core: the roles' CPU shares add up to the machine
+        cfg.placement.layout = "hybrid"
+        for role in cfg.roles():
+            cfg.placement.role(role).cpus_per_rank = (os.cpu_count() or 1) / len(cfg.roles())
     cfg.validate()
     prompts = load_prompts(assets)
     t0 = time.perf_counter()
-    if mode == "ray":
+    if mode in ("ray", "hybrid"):
         from rlhf.trainers.ppo_stage import init_ray
 
         init_ray(num_cpus=os.cpu_count())
-        groups = start_ray_groups(cfg, actor_threads)
+        groups = start_ray_groups(cfg, threads if mode == "hybrid" else actor_threads)
     else:
         groups = start_local_groups(cfg)
     startup = time.perf_counter() - t0
     samplers = []
     try:
         roles = cfg.roles()
-        if os.environ.get("RLHF_BENCH_PYSPY_DIR") and mode == "ray":  # --profile: sample driver and actors
+        if os.environ.get("RLHF_BENCH_PYSPY_DIR") and mode in ("ray", "hybrid"):  # --profile: sample driver and actors
             pids = {"driver": os.getpid(), **{r: groups[r].call("bench_info")[0]["pid"] for r in roles}}
             samplers = start_pyspy(pids, Path(os.environ["RLHF_BENCH_PYSPY_DIR"]))
         with tempfile.TemporaryDirectory() as run_dir:
@@ -130,7 +135,7 @@ def ppo(assets: Assets, w: Workload, policy: Policy, mode: str, threads: int, ac
             measured = measure_loop(step, policy)
         memory = {"driver_peak_rss_mb": peak_rss_mb()}
         threads_seen = {"driver": threads}
-        if mode == "ray":
+        if mode in ("ray", "hybrid"):
             infos = {r: groups[r].call("bench_info")[0] for r in roles}
             memory.update({f"{r}_peak_rss_mb": i["peak_rss_mb"] for r, i in infos.items()})
             threads_seen.update({r: i["threads"] for r, i in infos.items()})
@@ -142,7 +147,7 @@ def ppo(assets: Assets, w: Workload, policy: Policy, mode: str, threads: int, ac
     finally:
         stop_pyspy(samplers)
         groups.shutdown()
-        if mode == "ray":
+        if mode in ("ray", "hybrid"):
             import ray
 
             ray.shutdown()
