@@ -8,9 +8,10 @@
     [result] = run_programs([Program("def add(a, b):\n    return a + b\n", "add", (([1, 2], 3),))])
     result.reason, result.score     # "passed", 1.0
 """
-from rlhf.envs.base import Env, StepResult, available_envs, env_class, make_env, register_env
+from rlhf.envs.base import Env, EnvGroup, StepResult, available_envs, env_class, make_env, make_env_group, register_env
 from rlhf.envs import calculator, guess_number  # noqa: E402,F401  (registers "calculator", "guess_number")
 from rlhf.envs.episode import END_REASONS, Episode, assemble
 
-__all__ = ["Env", "StepResult", "available_envs", "env_class", "make_env", "register_env", "END_REASONS",
+__all__ = ["Env", "EnvGroup", "StepResult", "available_envs", "env_class", "make_env", "make_env_group",
+           "register_env", "END_REASONS",
            "Episode", "assemble"]

@@ -14,6 +14,8 @@ solved), reported like a task verifier's.
 
 An environment class is built once per episode as `cls(prompt=..., reference=..., seed=..., **kwargs)`;
 the G episodes of one prompt (a GRPO group) get the same prompt and reference and seeds of their own.
+To make a group's G environments together instead (one maze, one opponent, one sandbox shared by the
+episodes whose advantages are compared), name an `EnvGroup` subclass where an environment goes.
 Built-ins register by name (`register_env`); a user's class is given by dotted path
 (`ppo.env.name=my_pkg.envs:MyEnv`).
 """
@@ -72,14 +74,65 @@ def env_class(name: str) -> Callable[..., Env]:
     raise ValueError(f"unknown environment {name!r}; valid: {available_envs()}, or a dotted path 'package.module:Class'")
 
 
+class EnvGroup:
+    """The G environments of one prompt (a GRPO group: `rollout.samples_per_prompt` episodes), made together.
+
+    Name a subclass where an environment goes (registered, or `ppo.env.name=my_pkg.envs:SameMaze`); it is
+    built once per prompt as `cls(**ppo.env.kwargs)` and `make` returns one environment per seed:
+
+        class SameMaze(EnvGroup):
+            def make(self, prompt, reference, seeds):
+                maze = generate_maze(reference, seeds[0])      # one maze for the whole group
+                return [MazeEnv(maze, seed) for seed in seeds]
+
+    Without one, each episode's environment is built alone (`make_env`), with the prompt's reference and a
+    seed of its own: what is shared is what the reference determines.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+    def make(self, prompt: str, reference: Any, seeds: list[int]) -> list[Env]:
+        raise NotImplementedError(f"{type(self).__name__}.make(prompt, reference, seeds) must return the group's "
+                                  "environments")
+
+
+def is_env_group(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, EnvGroup)
+
+
 def make_env(name: str, prompt: str, reference: Any, seed: int, **kwargs: Any) -> Env:
     """One episode's environment; an environment that cannot be built raises naming it."""
     cls = env_class(name)
+    if is_env_group(cls):
+        return make_env_group(name, prompt, reference, [seed], **kwargs)[0]
     try:
         env = cls(prompt=prompt, reference=reference, seed=seed, **kwargs)
     except TypeError as exc:
         raise ValueError(f"environment {name!r} could not be built with prompt, reference, seed and kwargs "
                          f"{sorted(kwargs)}: {exc}") from exc
+    return _checked(name, env)
+
+
+def make_env_group(name: str, prompt: str, reference: Any, seeds: list[int], **kwargs: Any) -> list[Env]:
+    """The environments of one prompt's group, one per seed: made by the EnvGroup `name` names, or each
+    alone by `make_env`. A group that cannot be built, or makes another number of environments, raises
+    naming it."""
+    cls = env_class(name)
+    if not is_env_group(cls):
+        return [make_env(name, prompt, reference, seed, **kwargs) for seed in seeds]
+    try:
+        group = cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"environment group {name!r} could not be built with kwargs {sorted(kwargs)}: {exc}") from exc
+    envs = list(group.make(prompt=prompt, reference=reference, seeds=list(seeds)))
+    if len(envs) != len(seeds):
+        raise ValueError(f"environment group {name!r} made {len(envs)} environments for {len(seeds)} seeds "
+                         f"(one per episode of the prompt {prompt!r})")
+    return [_checked(name, env) for env in envs]
+
+
+def _checked(name: str, env: Any) -> Env:
     if not callable(getattr(env, "step", None)) or not callable(getattr(env, "reset", None)):
         raise ValueError(f"environment {name!r} ({type(env).__name__}) needs reset() and step(action) methods")
     return env

@@ -9,7 +9,8 @@ reaches `max_tokens` (a policy turn is never cut: the block may end up to `rollo
 tokens past it), when its environment raises or returns something else than a StepResult
 ("env_error"), or when its step takes longer than `step_timeout_s` ("env_timeout": the thread is
 abandoned, the environment dropped) — in the last two cases with reward 0 for that turn, counted and
-logged with the episode. The G episodes of a prompt form its group, as G samples of one prompt do.
+logged with the episode. The G episodes of a prompt form its group, as G samples of one prompt do; their
+environments are made together when `ppo.env.name` names an `EnvGroup` (rlhf/envs/base.py).
 
 Metrics (batch.extra): `episode/end_<reason>` (episodes per END_REASONS), `episode/turns_mean`,
 `episode/env_tokens_mean` (observation tokens per episode), and the mean of each metric the environments
@@ -25,7 +26,7 @@ import time
 from typing import Any, Sequence
 
 from rlhf.data.batch import RolloutBatch
-from rlhf.envs.base import StepResult, make_env
+from rlhf.envs.base import StepResult, make_env_group
 from rlhf.envs.episode import END_REASONS, Episode, assemble
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,9 @@ class EpisodeRunner:
         the actor group's `generate`; `seed` makes the environments' and the sampling's draws."""
         episodes, envs, last_metrics = [], [], []
         for p, example in enumerate(examples):
-            for k in range(params.n):
-                env = make_env(self.env_name, example.prompt, example.reference, _mix(seed, p, k), **self.env_kwargs)
+            group = make_env_group(self.env_name, example.prompt, example.reference,
+                                   [_mix(seed, p, k) for k in range(params.n)], **self.env_kwargs)
+            for env in group:
                 episode = Episode(list(example.input_ids), p, example.reference)
                 first = env.reset()
                 if first:

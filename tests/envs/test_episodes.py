@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf.data.batch import RolloutBatch
-from rlhf.envs import StepResult, make_env
+from rlhf.envs import EnvGroup, StepResult, make_env, make_env_group
 from rlhf.envs.episode import Episode, assemble, split_final_reward
 from rlhf.trainers.episodes import EpisodeRunner
 
@@ -190,3 +190,53 @@ def test_a_hanging_environment_ends_its_episode_with_env_timeout_and_the_others_
     assert batch.extra["episode/end_env_timeout"] == 1 and batch.extra["episode/end_env_error"] == 1
     assert batch.extra["episode/end_done"] == 1
     assert batch.scores_B.tolist() == [0.0, 0.0, 1.0]
+
+
+class SharedSecret(EnvGroup):
+    """One secret per group, drawn from the group's first seed: the group's episodes play the same game."""
+
+    made = []
+
+    def make(self, prompt, reference, seeds):
+        SharedSecret.made.append(list(seeds))
+        secret = 1 + seeds[0] % 16
+        return [make_env("guess_number", prompt, secret, seed, **self.kwargs) for seed in seeds]
+
+
+def test_an_env_group_makes_one_prompts_environments_together(monkeypatch):
+    from rlhf.envs import base
+    from rlhf.models import SamplingParams
+
+    monkeypatch.setitem(base._ENVS, "shared_secret", SharedSecret)
+    SharedSecret.made.clear()
+    group = make_env_group("shared_secret", "guess 1-16:", None, [7, 8, 9], turn_penalty=0.5)
+    assert len(group) == 3 and len({env.secret for env in group}) == 1 and group[0].turn_penalty == 0.5
+    # The runner makes each prompt's G environments in one call, with the seeds single environments get.
+    tok = CharTokenizer()
+    runner = EpisodeRunner("shared_secret", {}, max_turns=1, max_tokens=16, tokenizer=tok)
+    SharedSecret.made.clear()
+    runner.run(ScriptedActor(tok, ["3"]), [Example([30], None), Example([31], None)], SamplingParams(n=2, seed=1),
+               seed=5)
+    from rlhf.trainers.episodes import _mix
+
+    assert SharedSecret.made == [[_mix(5, p, k) for k in range(2)] for p in range(2)]
+
+
+def test_a_bad_env_group_is_refused_naming_it(monkeypatch):
+    from rlhf.envs import base
+
+    class TooFew(EnvGroup):
+        def make(self, prompt, reference, seeds):
+            return [make_env("guess_number", prompt, 3, seeds[0])]
+
+    monkeypatch.setitem(base._ENVS, "too_few", TooFew)
+    with pytest.raises(ValueError, match=r"environment group 'too_few' made 1 environments for 2 seeds"):
+        make_env_group("too_few", "guess 1-16:", 3, [1, 2])
+    class Strict(TooFew):
+        def __init__(self, size: int = 1):
+            super().__init__(size=size)
+
+    monkeypatch.setitem(base._ENVS, "strict", Strict)
+    with pytest.raises(ValueError, match=r"environment group 'strict' could not be built with kwargs \['colour'\]"):
+        make_env_group("strict", "guess 1-16:", 3, [1, 2], colour="red")
+    assert make_env("too_few", "guess 1-16:", 3, 1).secret == 3  # one environment of a group, alone

@@ -614,10 +614,13 @@ def test_code_sandbox_smoke_runs_programs_in_the_sandbox_through_the_real_comman
     assert (run_dir / "data" / "eval_prompts.jsonl").exists() and (run_dir / "ppo" / "final").exists()
 
 
-def test_a_user_environment_by_dotted_path_plays_multi_turn_episodes_through_the_real_command(quickstart, tmp_path):
+@pytest.mark.parametrize("env_name", ["user_envs:RetryArithmetic", "user_envs:RetryArithmeticGroup"])
+def test_a_user_environment_by_dotted_path_plays_multi_turn_episodes_through_the_real_command(quickstart, tmp_path,
+                                                                                              env_name):
     """GRPO on two-turn episodes of an environment defined outside the package (a wrong answer gets a
     second try): no reward role, the environment's rewards and gold, episode metrics, saved rollouts whose
-    masks leave the environment's tokens out."""
+    masks leave the environment's tokens out. The same environment made by an EnvGroup: one prompt's 4
+    episodes built together (each reports its group's size)."""
     run_dir = tmp_path / "run"
     for part in ("data", "base", "sft"):
         shutil.copytree(quickstart / part, run_dir / part)
@@ -627,13 +630,15 @@ def test_a_user_environment_by_dotted_path_plays_multi_turn_episodes_through_the
          "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4", "ppo.algorithm.update.micro_batch_size=4",
          "ppo.engines.forward_micro_batch_size=8", "ppo.data.max_eval_prompts=8",
          "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16",
-         "ppo.reward_role.use_task_reward=false", "ppo.env.name=user_envs:RetryArithmetic",
+         "ppo.reward_role.use_task_reward=false", f"ppo.env.name={env_name}",
          "ppo.env.max_turns=2", "ppo.env.max_tokens=12", "+ppo.env.kwargs.first_try_bonus=0.5",
          "ppo.trainer.save_rollouts=true"],
         capture_output=True, text=True, timeout=600, cwd=USER_CODE, env=env)
     ok(result)
     steps = episode_steps(run_dir, episodes_per_step=16)  # 4 prompts x 4 episodes
     assert all(1.0 <= r["episode/turns_mean"] <= 2.0 for r in steps)
+    if env_name.endswith("Group"):
+        assert all(r["episode/env_group_size"] == 4.0 for r in steps)
     evals = [r for r in records(run_dir) if r.get("stage") == "ppo" and "eval/gold_sampled" in r]
     assert evals and all("eval/sampled/end_done" in r for r in evals)
     import datasets
