@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 ROLES = ("actor", "critic", "reward", "reference")
 LAYOUTS = ("separate", "hybrid")
+IDLE_OFFLOAD = ("none", "optimizer", "all")  # RolePlacement.offload_when_idle
 HYBRID_GROUP = "hybrid"  # the device group of the roles without a colocate name in the hybrid layout
 
 
@@ -26,12 +27,18 @@ class RolePlacement:
     devices_per_node: int = 1  # ranks per node: GPUs per node with use_gpu, CPU ranks otherwise (≥ 1)
     colocate: str | None = None  # roles with the same name share devices; None = devices of its own
     cpus_per_rank: float = 0.25  # CPU share each rank reserves (fractional on small machines)
+    # Hybrid layout: what this role moves off its device while another hosted role's call runs, back
+    # before its own ("none"; "optimizer": optimizer states, fp32 master weights and gradients; "all":
+    # those and the weights). rlhf/workers/hybrid.py; the memory planner counts per phase.
+    offload_when_idle: str = "none"
 
     def validate(self, name: str) -> None:
         _require(self.num_nodes >= 1, f"{name}.num_nodes", self.num_nodes, "an integer >= 1")
         _require(self.devices_per_node >= 1, f"{name}.devices_per_node", self.devices_per_node,
                  "an integer >= 1")
         _require(self.cpus_per_rank > 0, f"{name}.cpus_per_rank", self.cpus_per_rank, "a number > 0")
+        _require(self.offload_when_idle in IDLE_OFFLOAD, f"{name}.offload_when_idle", self.offload_when_idle,
+                 f"one of {list(IDLE_OFFLOAD)}")
 
     @property
     def world_size(self) -> int:
@@ -75,3 +82,6 @@ class PlacementConfig:
         _require(self.layout in LAYOUTS, "placement.layout", self.layout, f"one of {list(LAYOUTS)}")
         for name in ROLES:
             self.role(name).validate(f"placement.{name}")
+            offload = self.role(name).offload_when_idle
+            _require(offload == "none" or self.layout == "hybrid", f"placement.{name}.offload_when_idle", offload,
+                     "'none' unless placement.layout=hybrid (only roles sharing a process take turns)")

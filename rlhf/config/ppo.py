@@ -396,6 +396,21 @@ class PPOConfig:
                     f">= 2 for the group-baseline estimator {estimator!r}")
         self._validate_batch_split()
         self._validate_rollout_engine()
+        self._validate_idle_offload()
+
+    def _validate_idle_offload(self) -> None:
+        """`placement.<role>.offload_when_idle` (hybrid layout): what each role's engine can release."""
+        for role in self.roles():
+            policy = self.placement.role(role).offload_when_idle
+            if policy == "none":
+                continue
+            if getattr(self.engines, role).zero_stage == 3:
+                invalid("ppo", f"placement.{role}.offload_when_idle", policy,
+                        f"'none' with engines.{role}.zero_stage=3 (DeepSpeed moves ZeRO-3 states only with its "
+                        f"FusedAdam): use engines.{role}.offload_optimizer / offload_params instead")
+            if policy == "optimizer" and role in ("reference", "reward"):
+                invalid("ppo", f"placement.{role}.offload_when_idle", policy,
+                        "'none' or 'all' for a forward-only role (it has no optimizer)")
 
     def _validate_env(self) -> None:
         role = self.reward_role

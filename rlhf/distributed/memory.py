@@ -56,10 +56,11 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from rlhf.config.ppo import PPOConfig
+from rlhf.distributed.hybrid_memory import hybrid_phase_peaks
 from rlhf.distributed.placement import DeviceGroup, PlanError, plan_placement
 
 if TYPE_CHECKING:  # transformers is imported lazily: this module is imported by the dry run
@@ -395,8 +396,10 @@ class DeviceMemory:
     roles: tuple[str, ...]
     num_devices: int  # num_nodes × devices_per_node
     estimates: list[MemoryEstimate]  # one per role of the group
-    total_gib: float  # per device: the colocated roles add up
+    total_gib: float  # per device: the colocated roles add up (hybrid host: the largest phase)
     gpu_memory_gib: float
+    # hybrid host (one process running its roles in turn): active role → GiB per GPU while it runs
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def fits(self) -> bool:
@@ -425,9 +428,11 @@ def _group_totals(cfg: PPOConfig, model_configs, gpu_memory_gb: float | None) ->
         members = [estimates[r] for r in g.roles]
         if "actor" in g.roles and cfg.rollout.engine == "vllm":  # colocated engines share the actor's GPUs
             members.append(rollout_estimate(cfg, estimates["actor"], gpu_memory))
+        phases = hybrid_phase_peaks(members, g.idle_offload) if plan.hosted_together(g) else {}
         groups.append(DeviceMemory(group=g.name, roles=tuple(e.role for e in members),
                                    num_devices=g.num_nodes * g.devices_per_node, estimates=members,
-                                   total_gib=sum(e.total_gib for e in members), gpu_memory_gib=gpu_memory))
+                                   total_gib=max(phases.values()) if phases else sum(e.total_gib for e in members),
+                                   gpu_memory_gib=gpu_memory, phases=phases))
     return groups
 
 
@@ -490,7 +495,12 @@ def suggest_remedies(cfg: PPOConfig, model_configs, group: DeviceMemory) -> list
         except ValueError:  # the change is not valid for this config (e.g. an engine constraint)
             continue
         estimates = estimate_memory(new_cfg, model_configs)
-        new_total = sum(estimates[r].total_gib for r in group.roles if r != without)
+        members = [estimates.get(r, e) for r, e in zip(group.roles, group.estimates) if r != without]
+        if group.phases:  # a hybrid host: its largest phase under the changed policies
+            offload = {e.role: new_cfg.placement.role(e.role).offload_when_idle for e in members if e.role != "rollout"}
+            new_total = max(hybrid_phase_peaks(members, offload).values())
+        else:
+            new_total = sum(e.total_gib for e in members)
         saving = group.total_gib - new_total
         if saving > 0.05:
             remedies.append(Remedy(change, why, saving, new_total <= group.gpu_memory_gib))
@@ -537,8 +547,13 @@ def _candidate_changes(cfg: PPOConfig, group: DeviceMemory):
             out.append((f"{role}.options.gradient_checkpointing=true",
                         f"recompute the {role}'s activations in backward (~30% slower updates)",
                         _set(f"{role}.options.gradient_checkpointing", True), None))
+        if group.phases and stage != 3 and cfg.placement.role(role).offload_when_idle != "all":
+            out.append((f"placement.{role}.offload_when_idle=all", f"move the {role}'s states off the GPU while "
+                        "the other hosted roles run (hybrid layout)", _set(f"placement.{role}.offload_when_idle", "all"),
+                        None))
         if len(group.roles) > 1:
-            out.append((f"placement.{role}.colocate=null", f"colocate fewer roles: give the {role} GPUs of "
+            alone = role if cfg.placement.layout == "hybrid" else "null"  # hybrid: null means the shared host
+            out.append((f"placement.{role}.colocate={alone}", f"colocate fewer roles: give the {role} GPUs of "
                         f"its own ({e.world_size} more)", lambda c: None, role))
     update, rollout = cfg.algorithm.update, cfg.rollout
     if update.micro_batch_size > 1:
@@ -595,6 +610,10 @@ def describe_memory(cfg: PPOConfig, model_configs: dict[str, Any], gpu_memory_gb
         verdict = "fits" if g.fits else f"DOES NOT FIT (over by {g.total_gib - g.gpu_memory_gib:.1f} GiB)"
         lines.append(f"[{g.group}] {'+'.join(g.roles)} on {g.num_devices} GPU(s): {g.total_gib:.1f} GiB per GPU "
                      f"of {g.gpu_memory_gib:g} GiB — {verdict}")
+        if g.phases:
+            lines.append("  hybrid host, peak per phase (the active role whole, the others what "
+                         "placement.<role>.offload_when_idle keeps): "
+                         + ", ".join(f"{r} {v:.1f}" for r, v in g.phases.items()))
     cpu = {e.role: e.cpu_gib for g in groups for e in g.estimates if e.cpu_gib > 0}
     if cpu:
         lines.append("Offloaded to CPU memory per rank: " + ", ".join(f"{r} {v:.1f} GiB" for r, v in cpu.items()))

@@ -13,7 +13,7 @@ turns a plan into Ray placement groups.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from rlhf.config.placement import HYBRID_GROUP, NodeSpec, PlacementConfig, RolePlacement
 
@@ -45,6 +45,7 @@ class DeviceGroup:
     devices_per_node: int
     bundle_resources: dict[str, float]
     assigned_nodes: tuple[int, ...] = ()  # planned node index per node slot (from the fit check)
+    idle_offload: dict[str, str] = field(default_factory=dict)  # role → offload_when_idle (hybrid hosts)
 
 
 @dataclass
@@ -116,7 +117,8 @@ def _device_groups(roles: dict[str, RolePlacement], use_gpu: bool) -> list[Devic
         resources = {"CPU": sum(roles[r].cpus_per_rank for r in members)}
         if use_gpu:
             resources["GPU"] = 1.0
-        groups.append(DeviceGroup(name, tuple(members), num_nodes, per_node, resources))
+        idle = {r: getattr(roles[r], "offload_when_idle", "none") for r in members}
+        groups.append(DeviceGroup(name, tuple(members), num_nodes, per_node, resources, idle_offload=idle))
     return groups
 
 

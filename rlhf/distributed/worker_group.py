@@ -256,7 +256,9 @@ class RoleGroups:
                         raise ValueError(f"roles {roles} hosted in one process take no init_kwargs")
                     host = WorkerGroup(device_group.name, HybridWorker, host_slots(plan, device_group),
                                        pgs[device_group.name], seed=seed,
-                                       init_kwargs={"hosted": {r: worker_classes[r] for r in roles}},
+                                       init_kwargs={"hosted": {r: worker_classes[r] for r in roles},
+                                                    "offload": {r: device_group.idle_offload.get(r, "none")
+                                                                for r in roles}},
                                        env_vars=host_env(env_vars, device_group.bundle_resources["CPU"]),
                                        call_timeout_s=call_timeout_s)
                     groups.update({r: HostedRoleGroup(r, worker_classes[r], host) for r in roles})

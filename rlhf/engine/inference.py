@@ -11,6 +11,7 @@ import torch
 from rlhf.config.engine import EngineConfig
 from rlhf.engine.distributed import current_device, import_deepspeed, init_distributed
 from rlhf.engine.ds_config import TORCH_DTYPES, build_deepspeed_config
+from rlhf.engine.idle import IdleStates, move_tensors
 
 
 class InferenceEngine:
@@ -33,6 +34,24 @@ class InferenceEngine:
             self._engine, _, _, _ = deepspeed.initialize(model=model, config=ds_config)
             self._engine.eval()
             self._module = self._engine.module
+        self.idle = IdleStates()
+
+    def release(self, what: str) -> int:
+        """Move the weights to host memory ("all"; a frozen role has no optimizer: "optimizer" moves
+        nothing) while another role of this process runs; returns the bytes moved (rlhf/engine/idle.py)."""
+        self.idle.check(what)
+        if self._engine is not None:
+            raise ValueError("release: a ZeRO-3 forward-only role keeps its shards (use engines.<role>.offload_params)")
+        self.idle.device = next(self._module.parameters()).device
+        moved = move_tensors(self._module.parameters(), torch.device("cpu")) if what == "all" else 0
+        self.idle.released = what
+        return moved
+
+    def restore(self) -> None:
+        """Bring back what `release` moved (a no-op when nothing is released)."""
+        if self.idle.released is not None:
+            move_tensors(self._module.parameters(), self.idle.device)
+            self.idle.released = None
 
     @property
     def module(self) -> torch.nn.Module:

@@ -22,6 +22,7 @@ from rlhf.config.engine import EngineConfig
 from rlhf.engine import export
 from rlhf.engine.distributed import barrier, import_deepspeed, init_distributed
 from rlhf.engine.ds_config import build_deepspeed_config, lr_lambda, schedule_fields
+from rlhf.engine.idle import IdleStates, gradients, move_tensors, optimizer_tensors
 
 class NonFiniteGradError(FloatingPointError):
     """An optimizer update met NaN/inf gradients (on any rank); raised on every rank, the update not applied."""
@@ -56,6 +57,7 @@ class TrainEngine:
         from rlhf.engine.safe_load import use_weights_only_loading  # imports deepspeed: after import_deepspeed
 
         use_weights_only_loading(self._engine)  # resume never unpickles arbitrary objects
+        self.idle = IdleStates()
 
     @property
     def module(self) -> torch.nn.Module:
@@ -122,6 +124,44 @@ class TrainEngine:
             raise NonFiniteGradError(f"non-finite gradients at optimizer update {update} (norm {norm}); "
                                      f"DeepSpeed skipped the update")
         return {"grad_norm": norm if norm is not None else float("nan"), "lr": lr}
+
+    def release(self, what: str) -> int:
+        """Move the optimizer states, master weights and gradients (what="optimizer") and the weights too
+        ("all") to host memory while another role of this process runs; returns the bytes moved
+        (rlhf/engine/idle.py). `restore()` before the next forward."""
+        self.idle.check(what)
+        stage = self._engine.zero_optimization_stage()
+        if stage == 3:
+            raise ValueError("release: ZeRO-3 states are offloaded by DeepSpeed only with its FusedAdam; use "
+                             "engines.<role>.offload_optimizer / offload_params")
+        self.idle.device = next(self.module.parameters()).device
+        host = torch.device("cpu")
+        if stage in (1, 2):
+            from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum
+
+            include = None if what == "all" else [OffloadStateTypeEnum.optim_states, OffloadStateTypeEnum.hp_params,
+                                                  OffloadStateTypeEnum.lp_grads]
+            self._engine.offload_states(include=include, device=OffloadDeviceEnum.cpu,
+                                        pin_memory=self.idle.device.type == "cuda")
+            moved = -1  # DeepSpeed does not report it
+        else:
+            moved = move_tensors(optimizer_tensors(self._engine.optimizer) + gradients(self.module), host)
+            if what == "all":
+                moved += move_tensors(self.module.parameters(), host)
+        self.idle.released = what
+        return moved
+
+    def restore(self) -> None:
+        """Bring back what `release` moved (a no-op when nothing is released)."""
+        if self.idle.released is None:
+            return
+        if self._engine.zero_optimization_stage() in (1, 2):
+            self._engine.reload_states()
+        else:
+            device = self.idle.device
+            move_tensors(list(self.module.parameters()) + optimizer_tensors(self._engine.optimizer)
+                         + gradients(self.module), device)
+        self.idle.released = None
 
     def train(self) -> "TrainEngine":
         self._engine.train()

@@ -24,7 +24,8 @@ SAFE_CHANGES = ("resume", "dry_run", "overwrite", "stages", "strict_expectations
                 "*.trainer.progress", "*.trainer.tensorboard", "*.trainer.wandb", "*.trainer.wandb_project",
                 "*.expectations", "*.expectations.*",
                 # where the same ranks run, not what they compute: a run resumes in either layout
-                "*.placement.layout", "*.placement.*.colocate", "*.placement.*.cpus_per_rank")
+                "*.placement.layout", "*.placement.*.colocate", "*.placement.*.cpus_per_rank",
+                "*.placement.*.offload_when_idle")
 
 
 def config_changes(saved: dict, current: dict, allowed: list[str]) -> list[str]:

@@ -92,6 +92,20 @@ class BaseWorker:
         # Same seed on every rank: identical model init across data-parallel ranks.
         seed_everything(seed)
 
+    def release_idle(self, what: str) -> int:
+        """Move this role's states off its device while another role of the process runs (the hybrid
+        layout, rlhf/workers/hybrid.py); bytes moved. A no-op before the model exists or when released."""
+        engine = getattr(self, "engine", None)
+        if engine is None or not hasattr(engine, "idle") or engine.idle.released is not None:
+            return 0
+        return engine.release(what)
+
+    def restore_idle(self) -> None:
+        """Bring back what `release_idle` moved."""
+        engine = getattr(self, "engine", None)
+        if engine is not None and hasattr(engine, "idle"):
+            engine.restore()
+
     @dispatch(Dispatch.ALL)
     def set_forward_token_budget(self, max_tokens: int | None) -> None:
         """Pack this rank's forward-only micro-batches to `max_tokens` padded tokens (None = row counts)."""

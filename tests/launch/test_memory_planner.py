@@ -316,3 +316,62 @@ def test_recipe_hub_models_plan_offline_from_their_published_configs():
     cfg.actor.path = "no-such-org/no-such-model"
     with pytest.raises(OSError):
         load_model_configs(cfg)
+
+
+def test_a_hybrid_host_peaks_at_its_largest_phase_and_offloading_idle_roles_lowers_it():
+    """Issue 17: roles in one process run in turn, so the device holds the active role whole and the
+    others only what `offload_when_idle` keeps (rlhf/distributed/hybrid_memory.py) — checked against the
+    colocated sum, term by term."""
+    configs = {"actor": qwen25_05b(), "reward": qwen25_05b()}
+    colocated = check_memory(ppo_config(colocate="shared"), configs, gpu_memory_gb=80)[0]
+    cfg = ppo_config()
+    cfg.placement.layout = "hybrid"
+    kept = check_memory(cfg, configs, gpu_memory_gb=80)[0]
+    assert kept.group == "hybrid" and set(kept.phases) == set(ROLES)
+    by_role = {e.role: e for e in kept.estimates}
+    # nothing offloaded: only the idle roles' activations / KV cache are not there
+    for role, peak in kept.phases.items():
+        idle = sum(e.weights_gib + e.grads_gib + e.optimizer_gib + e.overhead_gib for r, e in by_role.items() if r != role)
+        assert peak == pytest.approx(by_role[role].total_gib + idle)
+        assert peak <= colocated.total_gib
+    assert kept.total_gib == pytest.approx(max(kept.phases.values()))
+    for role in ROLES:
+        cfg.placement.role(role).offload_when_idle = "all" if role in ("reference", "reward", "critic") else "optimizer"
+    light = check_memory(cfg, configs, gpu_memory_gb=80)[0]
+    actor = by_role["actor"]
+    others = sum(by_role[r].overhead_gib for r in ("critic", "reference", "reward"))
+    assert light.phases["actor"] == pytest.approx(actor.total_gib + others)  # the rest keep only overhead
+    critic_phase = by_role["critic"].total_gib + actor.weights_gib + actor.overhead_gib + sum(
+        by_role[r].overhead_gib for r in ("reference", "reward"))
+    assert light.phases["critic"] == pytest.approx(critic_phase)  # the idle actor keeps its weights
+    assert light.total_gib < kept.total_gib
+    text = describe_memory(cfg, configs, gpu_memory_gb=80)
+    assert "hybrid host, peak per phase" in text and "actor " in text
+
+
+def test_a_hybrid_host_that_does_not_fit_suggests_offloading_its_idle_roles():
+    configs = {"actor": llama3_8b(), "reward": llama3_8b()}
+    cfg = ppo_config()
+    cfg.placement.layout = "hybrid"
+    with pytest.raises(PlanError) as err:
+        check_memory(cfg, configs, gpu_memory_gb=80)
+    assert "placement.critic.offload_when_idle=all" in str(err.value)
+    assert "placement.critic.colocate=critic" in str(err.value)  # in the hybrid layout null means the host
+
+
+def test_idle_offload_needs_the_hybrid_layout_and_an_engine_that_can_release():
+    from rlhf.config.placement import PlacementConfig
+
+    with pytest.raises(ValueError, match=r"placement.critic.offload_when_idle='all' is invalid: expected 'none' "
+                                         r"unless placement.layout=hybrid"):
+        PlacementConfig(critic=RolePlacement(offload_when_idle="all"))
+    cfg = ppo_config(zero_stage=3)
+    cfg.actor.path, cfg.data.train, cfg.reward.path = "a", "d", "r"
+    cfg.placement.layout, cfg.placement.actor.offload_when_idle = "hybrid", "optimizer"
+    with pytest.raises(ValueError, match=r"placement.actor.offload_when_idle.*zero_stage=3.*offload_optimizer"):
+        cfg.validate()
+    cfg = ppo_config()
+    cfg.actor.path, cfg.data.train, cfg.reward.path = "a", "d", "r"
+    cfg.placement.layout, cfg.placement.reference.offload_when_idle = "hybrid", "optimizer"
+    with pytest.raises(ValueError, match=r"placement.reference.offload_when_idle.*forward-only role"):
+        cfg.validate()

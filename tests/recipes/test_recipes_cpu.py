@@ -226,13 +226,14 @@ def test_ppo_resumes_from_its_checkpoint_when_given_more_steps(quickstart, tmp_p
 
 def test_ppo_resumes_in_the_hybrid_layout(quickstart, tmp_path):
     """Issue 17 through the real command: the quickstart's PPO (four roles, checkpointed in the separate
-    layout) resumes with `placement@ppo.placement=cpu_hybrid`: one process hosts the four roles; the dry
-    run says so; the run ends with the stage's outputs."""
+    layout) resumes with `placement@ppo.placement=cpu_hybrid`: one process hosts the four roles, the idle
+    ones releasing their states between phases; the dry run says so; the run ends with the stage's outputs."""
     run_dir = tmp_path / "run"
     shutil.copytree(quickstart, run_dir)
     smoke = [o for o in QUICKSTART_SMOKE if not o.startswith("ppo.trainer.total_steps")]
     args = ["recipe=quickstart", f"run_dir={run_dir}", "stages=[ppo]", "resume=true", "ppo.trainer.total_steps=3",
-            "placement@ppo.placement=cpu_hybrid", *smoke]
+            "placement@ppo.placement=cpu_hybrid", "ppo.placement.actor.offload_when_idle=optimizer",
+            "ppo.placement.critic.offload_when_idle=all", "ppo.placement.reference.offload_when_idle=all", *smoke]
     plan = ok(rlhf(*args, "dry_run=true"))
     assert "[hybrid] roles=actor+critic+reference+reward" in plan.stdout
     assert "one process hosting all 4 roles (hybrid layout" in plan.stdout

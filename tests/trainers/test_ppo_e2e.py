@@ -166,19 +166,26 @@ def test_async_rollout_kill_and_resume_match_the_uninterrupted_async_run(ray_clu
 
 def test_hybrid_layout_hosts_the_four_roles_in_one_process_and_resumes_a_separate_run(ray_cluster, assets, tmp_path):
     """Issue 17: `placement.layout=hybrid` hosts actor, critic, reference and reward in one process per
-    rank (the same worker-group calls), and a run checkpointed in the separate layout resumes in the
-    hybrid one and ends where the uninterrupted separate run does (same thread count: bit for bit)."""
+    rank (the same worker-group calls), idle roles releasing their states by `offload_when_idle` between
+    phases (on CPU the moves go from the CPU to the CPU: the path runs, the numbers must not change); a
+    run checkpointed in the separate layout resumes in the hybrid one and ends where the uninterrupted
+    separate run does (same thread count: bit for bit)."""
     from rlhf.trainers.ppo_setup import start_worker_groups
 
     hybrid = small_config(assets, trainer__total_steps=3, trainer__save_every=1, trainer__eval_every=2,
                           trainer__tensorboard=False, placement__layout="hybrid")
+    for role, policy in (("actor", "optimizer"), ("critic", "all"), ("reference", "all"), ("reward", "all")):
+        hybrid.placement.role(role).offload_when_idle = policy
     groups = start_worker_groups(hybrid)
     try:
         seen = {role: groups[role].ping()[0] for role in ("actor", "critic", "reference", "reward")}
+        switches = groups["actor"].host.call("phase_switches")[0]
     finally:
         groups.shutdown()
     assert len({info["pid"] for info in seen.values()}) == 1, seen  # one process hosts them all
     assert all(info["role"] == role for role, info in seen.items())  # each call reached its own role
+    assert switches["count"] >= 4 and switches["released_bytes"] > 0, switches  # model loads switched roles
+    assert switches["offload"] == {"actor": "optimizer", "critic": "all", "reference": "all", "reward": "all"}
 
     separate = small_config(assets, trainer__total_steps=3, trainer__save_every=1, trainer__eval_every=2,
                             trainer__tensorboard=False)
