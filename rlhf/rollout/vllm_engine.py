@@ -26,7 +26,6 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Iterable, Sequence
 
