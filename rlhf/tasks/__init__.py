@@ -8,7 +8,7 @@ Imports only the standard library, torch, and `rlhf.data` where a task reads rea
     task.reward("81", "81")                        # 1.0
 """
 from rlhf.tasks.registry import Task, available_tasks, get_task, register_task, write_jsonl
-from rlhf.tasks import arithmetic, code, gsm8k, guess_number, tool_use  # noqa: E402,F401  (registers each by name)
+from rlhf.tasks import arithmetic, code, code_env, gsm8k, guess_number, tool_use  # noqa: E402,F401  (registers each by name)
 from rlhf.tasks.arithmetic import ArithmeticConfig, ArithmeticTask, arithmetic_reward, parse_answer
 from rlhf.tasks.code import CodeConfig, CodeTask
 from rlhf.tasks.gsm8k import Gsm8kTask, gsm8k_reward

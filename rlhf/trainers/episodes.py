@@ -28,6 +28,7 @@ from typing import Any, Sequence
 from rlhf.data.batch import RolloutBatch
 from rlhf.envs.base import StepResult, make_env_group
 from rlhf.envs.episode import END_REASONS, Episode, assemble
+import rlhf.tasks  # noqa: E402,F401  (registers the tasks' environments, e.g. "code")
 
 logger = logging.getLogger(__name__)
 _TIMED_OUT = object()  # a step still running at the turn's deadline

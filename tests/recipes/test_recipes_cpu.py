@@ -615,6 +615,27 @@ def test_code_sandbox_smoke_runs_programs_in_the_sandbox_through_the_real_comman
     assert (run_dir / "data" / "eval_prompts.jsonl").exists() and (run_dir / "ppo" / "final").exists()
 
 
+def test_code_as_a_multi_turn_environment_through_the_real_command(tmp_path):
+    """The third built-in environment (issue 13): the code task played as episodes of the `code`
+    environment — each attempt run in the sandbox, a failed one answered with the tests passed and the
+    header, one retry — through the real command, with the environment's reward and gold."""
+    run_dir = tmp_path / "run"
+    ok(rlhf("recipe=code_sandbox", f"run_dir={run_dir}", "logging=quiet",
+            "prepare.task_kwargs.max_constant=4", "prepare.task_kwargs.num_train_prompts=20",
+            "prepare.task_kwargs.num_eval_prompts=4", "sft.trainer.total_steps=2", "sft.trainer.batch_size=8",
+            "sft.trainer.micro_batch_size=8", "sft.engine.warmup_steps=0", "sft.gold_eval.max_prompts=4",
+            "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4", "ppo.rollout.max_new_tokens=12",
+            "ppo.algorithm.update.micro_batch_size=8", "ppo.engines.forward_micro_batch_size=16",
+            "ppo.data.max_eval_prompts=4", "ppo.trainer.eval_samples_per_prompt=1",
+            "ppo.reward_role.use_task_reward=false", "ppo.env.name=code", "ppo.env.max_turns=2",
+            "ppo.env.max_tokens=40", "+ppo.env.kwargs.max_attempts=2", "+ppo.env.kwargs.timeout_s=5"))
+    steps = episode_steps(run_dir, episodes_per_step=16)  # 4 prompts x 4 episodes
+    assert all(1.0 <= r["episode/turns_mean"] <= 2.0 for r in steps)
+    assert all(0.0 <= r["episode/env_pass_rate"] <= 1.0 and r["gold/mean"] == r["episode/env_gold"] for r in steps)
+    summary = json.loads((run_dir / "summary.json").read_text())["ppo"]
+    assert "gold_reward_final" in summary and "reward_outcome_passed" not in summary  # no reward role ran
+
+
 @pytest.mark.parametrize("env_name", ["user_envs:RetryArithmetic", "user_envs:RetryArithmeticGroup"])
 def test_a_user_environment_by_dotted_path_plays_multi_turn_episodes_through_the_real_command(quickstart, tmp_path,
                                                                                               env_name):
