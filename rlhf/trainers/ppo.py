@@ -34,6 +34,8 @@ from rlhf.data.sampler import ResumableSampler
 from rlhf.models import SamplingParams
 from rlhf.trainers import preemption
 from rlhf.trainers.async_rollout import AsyncRollouts, async_summary
+from rlhf.trainers.ppo_eval import EvaluationMixin, _mix, _raw_prompts, outcome_counts
+from rlhf.trainers.ppo_eval import RewardHackingError  # noqa: F401  (its home before the split: rlhf.cli, tests)
 from rlhf.trainers.checkpoint import CheckpointManager
 from rlhf.workers.faults import maybe_crash
 from rlhf.trainers.metrics import MetricsLogger, plot_curves, read_jsonl, summary_table, write_summary
@@ -55,22 +57,6 @@ class RewardFunctionError(RuntimeError):
 FN_FAILURE_KINDS = ("errors", "timeouts", "non_finite")  # fn_failures_B codes 1, 2, 3 (rlhf/workers/reward_fn.py)
 
 
-def outcome_counts(scored: dict, prefix: str, totals: dict | None = None) -> dict[str, float]:
-    """`<prefix>/outcome_<name>`: rows per outcome of the task's scorer (e.g. the code sandbox's "passed",
-    "timeout", "violation"), added to `totals` when given; {} when the scorer names none."""
-    counts: dict[str, int] = {}
-    for name in scored.get("outcomes_B") or []:
-        counts[name] = counts.get(name, 0) + 1
-    if totals is not None:
-        for name, n in counts.items():
-            totals[name] = totals.get(name, 0) + n
-    return {f"{prefix}/outcome_{name}": float(n) for name, n in sorted(counts.items())}
-
-
-class RewardHackingError(RuntimeError):
-    """The reward-hacking monitor raised its alarm and `trainer.stop_on_reward_hacking` is set."""
-
-
 @dataclass
 class ControllerState:
     """Everything besides the model/optimizer states needed to continue a run exactly."""
@@ -89,7 +75,7 @@ class ControllerState:
     async_counts: dict = field(default_factory=dict)  # batches, staleness_sum, wait, drop (rlhf/trainers/async_rollout.py)
 
 
-class PPOTrainer:
+class PPOTrainer(EvaluationMixin):
     """Runs `cfg` with worker `groups` (Ray `RoleGroups` or in-process fakes) writing into `stage_dir`.
 
     `train_prompts` / `eval_prompts` are sequences of PromptExample-like items (`.input_ids`,
@@ -350,53 +336,6 @@ class PPOTrainer:
                 metrics.update(actor.result())
         return metrics
 
-    # --- evaluation ----------------------------------------------------------------------------
-    def evaluate(self, step: int) -> dict[str, float]:
-        """Greedy and sampled responses on the held-out prompts: reward-model score and gold accuracy,
-        and the reward-hacking monitor's view of the sampled ones (`hacking/*`, when gold exists). The
-        sampled figures are means over `trainer.eval_samples_per_prompt` samples of every prompt."""
-        if not self.eval_prompts:
-            return {}
-        temperature = self.cfg.trainer.eval_temperature or self.cfg.rollout.temperature
-        out = {}
-        for name, params in (("greedy", self._sampling(seed=0, greedy=True, n=1)),
-                             ("sampled", self._sampling(seed=_mix(self.cfg.trainer.seed, -1),
-                                                        n=self.cfg.trainer.eval_samples_per_prompt,
-                                                        temperature=temperature))):
-            batch = self._sample(self.eval_prompts, params)
-            batch.raw_prompts = _raw_prompts(self.eval_prompts, params.n)
-            scored = (self.groups["reward"].call("score", batch) if "reward" in self.groups
-                      else {"scores_B": batch.scores_B, "gold_B": batch.gold_B})
-            out.update({f"eval/{name}/{k[len('episode/'):]}": v for k, v in batch.extra.items()
-                        if k.startswith("episode/")})
-            scores_B, gold_B = scored["scores_B"].float(), scored["gold_B"].float()  # the monitor reads the last: sampled
-            out.update({k.replace("eval/fn_", f"eval/reward_fn_{name}_"): v
-                        for k, v in self._fn_failures(scored, "eval").items() if k != "eval/fn_failure_frac"})
-            out.update(outcome_counts(scored, f"eval/{name}"))
-            out[f"eval/reward_{name}"] = float(scores_B.mean())
-            if not torch.isnan(gold_B).all():
-                out[f"eval/gold_{name}"] = float(gold_B.mean())
-            out[f"eval/response_length_{name}"] = float(batch.mask_BT.sum(-1).mean())
-        if "eval/gold_sampled" in out:
-            out.update(self.hacking.observe(step, out["eval/reward_sampled"], out["eval/gold_sampled"],
-                                            scores_B, gold_B))
-            self.state.hacking = self.hacking.state_dict()
-        return out
-
-    def _check_hacking(self, step: int) -> None:
-        """Warn at the reward-hacking alarm; stop there when `trainer.stop_on_reward_hacking`."""
-        if not self.hacking.alarmed or self.hacking.previous_step != step:
-            return
-        good = self.hacking.last_good_step
-        kept = [p for p in self.checkpoints.complete_checkpoints()
-                if good is not None and self.checkpoints.step_of(p) <= good]
-        where = (f"the last good checkpoint is {kept[-1]}" if kept else
-                 f"no checkpoint at or before step {good} is kept (trainer.keep_last={self.cfg.trainer.keep_last})")
-        message = f"reward hacking suspected: {self.hacking.describe()}; {where}"
-        logger.warning(message)
-        if self.cfg.trainer.stop_on_reward_hacking:
-            raise RewardHackingError(message + " (trainer.stop_on_reward_hacking=true)")
-
     # --- metrics and checks ---------------------------------------------------------------------
     def rollout_metrics(self, batch: RolloutBatch) -> dict[str, float]:
         mask_BT = batch.mask_BT
@@ -545,18 +484,5 @@ class StageTimer:
         return {**{f"time/{k}": v for k, v in self.seconds.items()}, "time/step": self.total}
 
 
-def _mix(*parts: int) -> int:
-    """A deterministic 31-bit seed from integers (not Python's salted hash)."""
-    value = 0
-    for part in parts:
-        value = (value * 1_000_003 + part) % (2 ** 31 - 1)
-    return value
-
-
 def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
-
-
-def _raw_prompts(examples, n: int) -> list:
-    """Each example's prompt as the dataset gave it (None where unknown), repeated for its n samples."""
-    return [getattr(e, "raw_prompt", None) for e in examples for _ in range(n)]
