@@ -223,8 +223,16 @@ class EnvConfig:
     # An environment's step (all of a turn's run concurrently, one thread each) that takes longer ends its
     # episode ("env_timeout", reward 0 for that turn); its thread is abandoned, not killed.
     step_timeout_s: float = 60.0
+    # How an observation joins the episode: "text" appends its text as is (tiny tokenizers, completion
+    # models); "chat" renders it as a chat turn of `observation_role` with the actor's chat template — the
+    # end of the policy's turn, the observation's turn and the next assistant header
+    # (rlhf/data/encode.py `chat_observation`).
+    observations: str = "text"
+    observation_role: str = "user"  # "user", or "tool" / "ipython" where the model's template has such a role
 
     def __post_init__(self) -> None:
+        if self.observations not in ("text", "chat"):
+            invalid("env", "observations", self.observations, "'text' or 'chat'")
         for name in ("max_turns", "max_tokens"):
             if getattr(self, name) < 1:
                 invalid("env", name, getattr(self, name), "an int >= 1")

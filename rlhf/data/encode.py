@@ -176,3 +176,40 @@ class EncodedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.examples[i]
+
+
+def chat_turn_end(tokenizer: Any) -> str:
+    """The special token the chat template puts right after an assistant turn's content (ChatML's
+    `<|im_end|>`, Llama-3's `<|eot_id|>`, Mistral's `</s>`): the token a policy turn must end with before an
+    environment turn follows. ValueError when the template puts none there."""
+    base = _chat(tokenizer, [{"role": "user", "content": "U"}, {"role": "assistant", "content": _MARKER}], False)
+    after = base[base.rfind(_MARKER) + len(_MARKER):]
+    specials = set(tokenizer.all_special_tokens) | {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}
+    ends = [token for token in specials if token and after.startswith(token)]
+    if not ends:
+        raise ValueError(f"the tokenizer's chat template does not end an assistant turn with a special token right "
+                         f"after the content (it continues {after[:20]!r}): environment turns cannot be placed after a "
+                         "policy turn")
+    return max(ends, key=len)
+
+
+def chat_observation(tokenizer: Any, text: str, role: str = "user") -> str:
+    """An environment's message rendered as the next turn of a chat, to follow a policy turn that ended
+    with the template's end-of-turn token (`chat_turn_end`): what the template puts after it — the rest
+    of the turn's closing, the `role` turn holding `text`, and the header of the next assistant turn (its
+    generation prompt).
+
+    Found by rendering one conversation with and without the new turn: user "U", assistant "A", then
+    `role` `text`; the shorter must be a prefix of the longer up to the end-of-turn token, else ValueError."""
+    end = chat_turn_end(tokenizer)
+    base = _chat(tokenizer, [{"role": "user", "content": "U"}, {"role": "assistant", "content": _MARKER}], False)
+    full = _chat(tokenizer, [{"role": "user", "content": "U"}, {"role": "assistant", "content": _MARKER},
+                             {"role": role, "content": text}], True)
+    cut = base.rfind(_MARKER) + len(_MARKER) + len(end)
+    if full[:cut] != base[:cut]:
+        raise ValueError("the tokenizer's chat template renders a conversation differently once a turn is added: "
+                         "environment turns cannot be appended token-in/token-out")
+    return full[cut:]
+
+
+_MARKER = "\u2063A\u2063"  # an assistant turn's content that no template alters

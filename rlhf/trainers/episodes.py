@@ -26,6 +26,7 @@ import time
 from typing import Any, Sequence
 
 from rlhf.data.batch import RolloutBatch
+from rlhf.data.encode import chat_observation, chat_turn_end
 from rlhf.envs.base import StepResult, make_env_group
 from rlhf.envs.episode import END_REASONS, Episode, assemble
 import rlhf.tasks  # noqa: E402,F401  (registers the tasks' environments, e.g. "code")
@@ -38,10 +39,15 @@ class EpisodeRunner:
     """Episodes of the environment `env_name` (registered name or dotted path) for prompt examples."""
 
     def __init__(self, env_name: str, env_kwargs: dict, max_turns: int, max_tokens: int, tokenizer,
-                 step_timeout_s: float = 60.0) -> None:
+                 step_timeout_s: float = 60.0, observations: str = "text", observation_role: str = "user") -> None:
         self.env_name, self.env_kwargs = env_name, dict(env_kwargs)
         self.max_turns, self.max_tokens, self.tokenizer = max_turns, max_tokens, tokenizer
         self.step_timeout_s = step_timeout_s
+        self.observations, self.observation_role = observations, observation_role
+        self.turn_end_id = None
+        if observations == "chat":  # a template that cannot host environment turns fails here, before any episode
+            chat_observation(tokenizer, "", observation_role)
+            self.turn_end_id = tokenizer.convert_tokens_to_ids(chat_turn_end(tokenizer))
 
     def run(self, actor, examples: Sequence[Any], params, seed: int) -> RolloutBatch:
         """`params.n` episodes per example (prompt-major rows, as a single-turn rollout's), played with
@@ -112,7 +118,7 @@ class EpisodeRunner:
         elif last_turn:
             episode.end("max_turns")
         elif result.observation:
-            ids = self._encode(result.observation)
+            ids = self._observe(result.observation, episode)
             if len(episode.tokens) + len(ids) > self.max_tokens:
                 episode.end("max_tokens")
             else:
@@ -128,6 +134,16 @@ class EpisodeRunner:
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _observe(self, text: str, episode: Episode) -> list[int]:
+        """An observation's tokens: its text, or (observations="chat") its chat turn after the template's
+        end-of-turn token — added first (as context) when the policy's turn did not end with it."""
+        if self.observations != "chat":
+            return self._encode(text)
+        ids = self._encode(chat_observation(self.tokenizer, text, self.observation_role))
+        if not episode.tokens or episode.tokens[-1] != self.turn_end_id:
+            ids = [self.turn_end_id] + ids
+        return ids
 
     def _batch(self, episodes: list[Episode], last_metrics: list[dict]) -> RolloutBatch:
         tensors = assemble(episodes, self.tokenizer.pad_token_id)

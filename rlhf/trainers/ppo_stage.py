@@ -48,6 +48,7 @@ def episode_runner(cfg: PPOConfig):
 
     tokenizer = load_tokenizer(cfg.actor.tokenizer_path or cfg.actor.path, padding_side="left")
     return EpisodeRunner(cfg.env.name, dict(cfg.env.kwargs), cfg.env.max_turns, cfg.env.max_tokens, tokenizer,
+                         observations=cfg.env.observations, observation_role=cfg.env.observation_role,
                          step_timeout_s=cfg.env.step_timeout_s)
 
 

@@ -679,7 +679,8 @@ def test_tool_use_smoke_plays_calculator_episodes_through_the_real_command(tmp_p
     """prepare → SFT on transcripts → GRPO on calculator episodes, a few steps each: the episodes run,
     their end reasons and tool calls are counted, the summary has the environment's gold."""
     run_dir = tmp_path / "run"
-    ok(rlhf("recipe=tool_use", f"run_dir={run_dir}", *EPISODE_SMOKE))
+    # observations as chat turns (the tiny template's: the text itself after the policy's EOS)
+    ok(rlhf("recipe=tool_use", f"run_dir={run_dir}", *EPISODE_SMOKE, "ppo.env.observations=chat"))
     steps = episode_steps(run_dir, episodes_per_step=16)
     assert all(0.0 <= r["episode/env_tool_calls"] <= 3.0 for r in steps)  # the calculator's own metric
     summary = json.loads((run_dir / "summary.json").read_text())["ppo"]
