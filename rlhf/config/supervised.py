@@ -25,7 +25,10 @@ class SupervisedDataConfig:
     eval_split: str = "train"
     prompt_key: str = "prompt"
     response_key: str = "response"  # SFT: the target response
-    messages_key: str = "messages"  # SFT: chat rows (the last message is the assistant target)
+    messages_key: str = "messages"  # SFT: chat rows (the last message is an assistant turn)
+    # SFT chat rows: "last" = loss on the last assistant turn only; "assistant" = on every assistant turn
+    # (multi-turn demonstrations: user and tool turns are context, never trained on)
+    train_on: str = "last"
     chosen_key: str = "chosen"  # RM: preferred response
     rejected_key: str = "rejected"  # RM: dispreferred response
     tag_key: str | None = "negative_type"  # RM: optional per-pair tag; eval accuracy is reported per tag
@@ -37,6 +40,8 @@ class SupervisedDataConfig:
     max_eval_rows: int = 2000  # evaluate on at most this many held-out rows
 
     def __post_init__(self) -> None:
+        if self.train_on not in ("last", "assistant"):
+            invalid("data", "train_on", self.train_on, "'last' or 'assistant'")
         if self.overlong not in OVERLONG_POLICIES:
             invalid("data", "overlong", self.overlong, f"one of {list(OVERLONG_POLICIES)}")
         if self.max_eval_rows < 1:

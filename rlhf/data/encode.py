@@ -88,6 +88,11 @@ def _chat(tokenizer: Any, messages: Messages, add_generation_prompt: bool) -> st
                          f"{exc}") from exc
 
 
+def chat_text(tokenizer: Any, messages: Messages, add_generation_prompt: bool) -> str:
+    """`messages` rendered with the tokenizer's chat template (ValueError naming what failed)."""
+    return _chat(tokenizer, messages, add_generation_prompt)
+
+
 def _as_messages(value: str | Messages, role: str) -> Messages:
     return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
 

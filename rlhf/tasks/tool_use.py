@@ -84,14 +84,28 @@ class ToolUseTask:
         return f"({expression}){EOS_MARK}={total} {total}"
 
     def sft_rows(self) -> list[dict[str, Any]]:
+        """{"prompt", "response" (the transcript as one text), "messages" (the same as turns: the call and
+        the answer are the assistant's, the calculator's reply a tool turn), "answer", "uses_tool"}. The SFT
+        stage reads "messages" (with `sft.data.train_on: assistant`: the calculator's reply is context, as
+        in the RL episodes, not a target)."""
         c, rng = self.config, random.Random(f"tool_use/{self.config.seed}/sft")
         problems = self.train_problems if c.num_sft is None else [rng.choice(self.train_problems) for _ in range(c.num_sft)]
         rows = []
         for terms in problems:
             direct = rng.random() < c.sft_direct_prob
             rows.append({"prompt": self.prompt(terms), "response": self.transcript(terms, direct),
-                         "answer": str(sum(terms)), "uses_tool": not direct})
+                         "messages": self.turns(terms, direct), "answer": str(sum(terms)), "uses_tool": not direct})
         return rows
+
+    def turns(self, terms: tuple[int, ...], direct: bool) -> list[dict[str, str]]:
+        """The demo as chat turns; rendered by the tiny chat template (contents, EOS after each assistant
+        turn) it is exactly `prompt + transcript + EOS`."""
+        total = str(sum(terms))
+        user = {"role": "user", "content": self.prompt(terms)}
+        if direct:
+            return [user, {"role": "assistant", "content": total}]
+        return [user, {"role": "assistant", "content": f"({'+'.join(map(str, terms))})"},
+                {"role": "tool", "content": f"={total} "}, {"role": "assistant", "content": total}]
 
     def write_files(self, out_dir: str | Path) -> dict[str, Path]:
         """train_prompts / eval_prompts ({"prompt", "answer"}), sft ({"prompt", "response", ...}), manifest.json."""

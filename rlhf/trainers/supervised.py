@@ -304,7 +304,7 @@ def run_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, stage: st
     cfg.validate()
     d = cfg.data
     train, evaluation = _datasets(cfg, SFTDataset, prompt_key=d.prompt_key, response_key=d.response_key,
-                                  messages_key=d.messages_key)
+                                  messages_key=d.messages_key, train_on=d.train_on)
     gold = gold_eval(cfg)
     groups = _start_group(cfg, stage, SFTWorker)
     try:

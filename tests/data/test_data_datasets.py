@@ -127,6 +127,44 @@ def test_sft_messages_use_the_chat_template(tokenizer, write_jsonl, cache_dir):
     assert ds[0].prompt_len == len(prompt_ids)
 
 
+def test_sft_multi_turn_demos_train_on_every_assistant_turn_only(tokenizer, write_jsonl, cache_dir):
+    """train_on="assistant": a tool-use demonstration (call, the tool's reply, answer) is trained on the
+    policy's two turns; the prompt and the tool's reply are context, as an environment's tokens are in RL."""
+    conversation = [{"role": "user", "content": "12+34="}, {"role": "assistant", "content": "(12+34)"},
+                    {"role": "tool", "content": "=46 "}, {"role": "assistant", "content": "46"}]
+    path = write_jsonl([{"messages": conversation}])
+    ds = SFTDataset(path, tokenizer, cache_dir=cache_dir, train_on="assistant")
+    eos = tokenizer.eos_token_id
+    call, reply, answer = char_ids(tokenizer, "(12+34)") + [eos], char_ids(tokenizer, "=46 "), char_ids(tokenizer, "46") + [eos]
+    prompt = char_ids(tokenizer, "12+34=")
+    assert ds[0].input_ids == prompt + call + reply + answer  # the trivial template: contents, EOS after the assistant's
+    assert ds[0].labels == [IGNORE_INDEX] * len(prompt) + call + [IGNORE_INDEX] * len(reply) + answer
+    assert ds[0].prompt_len == len(prompt)
+    last = SFTDataset(path, tokenizer, cache_dir=cache_dir)  # the default: the last turn only
+    assert last[0].input_ids == ds[0].input_ids
+    assert last[0].labels == [IGNORE_INDEX] * (len(prompt) + len(call) + len(reply)) + answer
+    truncated = SFTDataset(path, tokenizer, cache_dir=cache_dir, train_on="assistant", max_len=len(prompt) + 3,
+                           overlong="truncate")
+    assert truncated[0].labels == [IGNORE_INDEX] * len(prompt) + call[:3]
+    with pytest.raises(ValueError, match=r"SFTDataset: train_on='first', expected one of \['last', 'assistant'\]"):
+        SFTDataset(path, tokenizer, cache_dir=cache_dir, train_on="first")
+
+
+def test_sft_assistant_turns_on_chatml_match_the_whole_rendering(write_jsonl, cache_dir, tmp_path):
+    """On a BPE tokenizer with a real template (ChatML): each assistant turn's labels are exactly its
+    tokens in the whole conversation's encoding, the end-of-turn included."""
+    from rlhf.models import load_tokenizer
+    from rlhf.models.tiny import build_tiny_bpe_tokenizer
+
+    build_tiny_bpe_tokenizer(tmp_path / "bpe")
+    tok = load_tokenizer(str(tmp_path / "bpe"))
+    conversation = [{"role": "user", "content": "12+34="}, {"role": "assistant", "content": "(12+34)"},
+                    {"role": "user", "content": "=46"}, {"role": "assistant", "content": "46"}]
+    ds = SFTDataset(write_jsonl([{"messages": conversation}]), tok, cache_dir=cache_dir, train_on="assistant")
+    trained = [t for t, label in zip(ds[0].input_ids, ds[0].labels) if label != IGNORE_INDEX]
+    assert tok.decode(trained) == "(12+34)<|im_end|>\n46<|im_end|>\n"
+
+
 def test_sft_overlong_policies(tokenizer, write_jsonl, cache_dir):
     # lengths (prompt+response+eos): 4+2+1=7 and 6+3+1=10, with max_len=8
     path = write_jsonl([{"prompt": "1+1=", "response": "22"}, {"prompt": "50+50=", "response": "100"}])
