@@ -628,7 +628,7 @@ def test_code_as_a_multi_turn_environment_through_the_real_command(tmp_path):
             "ppo.algorithm.update.micro_batch_size=8", "ppo.engines.forward_micro_batch_size=16",
             "ppo.data.max_eval_prompts=4", "ppo.trainer.eval_samples_per_prompt=1",
             "ppo.reward_role.use_task_reward=false", "ppo.env.name=code", "ppo.env.max_turns=2",
-            "ppo.env.max_tokens=40", "+ppo.env.kwargs.max_attempts=2", "+ppo.env.kwargs.timeout_s=5"))
+            "ppo.env.max_tokens=40", "+ppo.env.kwargs.max_attempts=2"))
     steps = episode_steps(run_dir, episodes_per_step=16)  # 4 prompts x 4 episodes
     assert all(1.0 <= r["episode/turns_mean"] <= 2.0 for r in steps)
     assert all(0.0 <= r["episode/env_pass_rate"] <= 1.0 and r["gold/mean"] == r["episode/env_gold"] for r in steps)

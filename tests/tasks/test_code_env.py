@@ -13,7 +13,8 @@ PROMPT = "# x plus 3\ndef f(x):\n"
 
 
 def env(**kwargs):
-    return make_env("code", PROMPT, REFERENCE, seed=0, **{"timeout_s": 5.0, **kwargs})
+    """The environment with the sandbox's default limits (10 s wall clock: room on a loaded machine)."""
+    return make_env("code", PROMPT, REFERENCE, seed=0, **kwargs)
 
 
 def test_a_right_first_attempt_ends_the_episode_with_full_reward():
@@ -41,7 +42,7 @@ def test_the_last_attempt_is_scored_by_the_fraction_of_tests_passed():
 
 
 def test_a_hostile_attempt_is_contained_and_named_in_the_feedback():
-    game = env(timeout_s=2.0, cpu_s=1)
+    game = env(cpu_s=1)  # the loop is stopped by its CPU limit (or the wall clock, on a starved machine)
     looping = game.step("    while True:\n        pass\n")
     assert not looping.done and looping.reward == 0.0
     assert looping.observation.startswith("\n# cpu_time") or looping.observation.startswith("\n# timeout")
