@@ -75,6 +75,10 @@ class SFTDataset(EncodedDataset):
                         labelled[i] = assistant_labels(tokenizer, messages)
                     except ValueError as exc:
                         raise rows.error(i, key, str(exc)) from exc
+                    prompts.append("")  # encoded whole above; empty texts keep the batched lists aligned
+                    responses.append("")
+                    plain.append(False)
+                    continue
                 prompt, response = messages[:-1], messages[-1:]
             else:
                 key = response_key
@@ -94,11 +98,12 @@ class SFTDataset(EncodedDataset):
 
         self.examples: list[SFTExample] = []
         for i in range(len(rows)):
-            p, r = prompt_ids[i], response_ids[i] + (eos if plain[i] else [])
             if i in labelled:  # every assistant turn trained on: the "prompt" is what precedes the first
                 ids, labels = labelled[i]
                 start = next(t for t, label in enumerate(labels) if label != IGNORE_INDEX)
                 p, r = ids[:start], ids[start:]
+            else:
+                p, r = prompt_ids[i], response_ids[i] + (eos if plain[i] else [])
             if max_len is not None and len(p) + len(r) > max_len:
                 if self.overlong == "error":
                     raise rows.error(i, messages_key if self.format == "messages" else response_key,
