@@ -102,14 +102,18 @@ def test_staleness_one_samples_each_batch_before_the_previous_update(tmp_path):
 
 
 def test_staleness_zero_is_the_synchronous_loop(tmp_path):
-    default, rec_default, _ = make_async(tmp_path / "a", trainer__total_steps=3, trainer__eval_every=2)
-    explicit, rec_explicit, _ = make_async(tmp_path / "b", trainer__total_steps=3, trainer__eval_every=2,
-                                           trainer__max_staleness=0)
-    default.fit()
-    explicit.fit()
-    assert rec_default.calls == rec_explicit.calls
-    assert comparable(rows(tmp_path / "a")) == comparable(rows(tmp_path / "b"))
-    assert not any(k.startswith("async/") for r in rows(tmp_path / "a") for k in r)
+    """max_staleness=0: each batch is sampled after the previous update and its sync, by the weights it is
+    trained against (0.01 per update in the fake's log-probs: none behind), and no async metric appears."""
+    trainer, rec, actor = make_async(tmp_path, trainer__total_steps=3, trainer__eval_every=2,
+                                     trainer__max_staleness=0)
+    rec.calls.clear()
+    trainer.fit()
+    evaluation = ["generate", "generate"]  # greedy and sampled
+    step = ["generate", "update", "sync_rollout_weights"]
+    assert actor_calls(rec) == ["sync_rollout_weights", *evaluation, *step, *step, *evaluation, *step, *evaluation]
+    assert training(actor, trainer) == [(s, v) for s, v in zip(steps_seeds(trainer, 3), [0, 1, 2])]
+    assert not any(k.startswith("async") for r in rows(tmp_path) for k in r)
+    assert not any(k.startswith("async") for k in json.loads((tmp_path / "summary.json").read_text())["ppo"])
 
 
 def test_recomputed_old_logprobs_come_from_the_sampling_weights(tmp_path):
