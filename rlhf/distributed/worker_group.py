@@ -199,7 +199,8 @@ class HostedRoleGroup(WorkerGroup):
     role (`worker_cls` declares their dispatch), run by the `host` group's processes, which host it
     together with other roles. Shutting it down shuts the host down."""
 
-    def __init__(self, role: str, worker_cls: type, host: WorkerGroup) -> None:  # noqa: super().__init__ starts actors
+    def __init__(self, role: str, worker_cls: type, host: WorkerGroup) -> None:
+        # no super().__init__: that starts actors; these are the host's
         self.role, self.worker_cls, self.host = role, worker_cls, host
         self.call_timeout_s, self.world_size, self.workers = host.call_timeout_s, host.world_size, host.workers
 

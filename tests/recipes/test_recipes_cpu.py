@@ -28,6 +28,15 @@ QUICKSTART_SMOKE = [
 ]
 
 
+# A GRPO-family recipe's PPO stage alone, a few small steps, on the quickstart smoke's copied data/base/sft
+# (whose task files were written with 200 train and 16 eval prompts).
+PPO_STAGE_SMOKE = [
+    "stages=[ppo]", "logging=quiet", "ppo.rollout.prompts_per_step=4", "ppo.algorithm.update.micro_batch_size=4",
+    "ppo.engines.forward_micro_batch_size=8", "ppo.data.max_eval_prompts=8",
+    "prepare.task_kwargs.num_train_prompts=200", "prepare.task_kwargs.num_eval_prompts=16",
+]
+
+
 USER_CODE = Path(__file__).with_name("user_code")  # a user's modules: run from here, never on sys.path
 
 
@@ -288,11 +297,8 @@ def test_quickstart_async_samples_each_batch_one_update_behind(quickstart, tmp_p
     run_dir = tmp_path / "run"
     for part in ("data", "base", "sft"):
         shutil.copytree(quickstart / part, run_dir / part)
-    args = ["recipe=quickstart_async", f"run_dir={run_dir}", "stages=[ppo]", "logging=quiet",
-            "ppo.trainer.total_steps=3", "ppo.trainer.eval_every=0", "ppo.rollout.prompts_per_step=4",
-            "ppo.algorithm.update.micro_batch_size=4", "ppo.engines.forward_micro_batch_size=8",
-            "ppo.data.max_eval_prompts=8", "prepare.task_kwargs.num_train_prompts=200",
-            "prepare.task_kwargs.num_eval_prompts=16", "ppo.trainer.save_rollouts=true"]
+    args = ["recipe=quickstart_async", f"run_dir={run_dir}", *PPO_STAGE_SMOKE, "ppo.trainer.total_steps=3",
+            "ppo.trainer.eval_every=0", "ppo.trainer.save_rollouts=true"]
     plan = ok(rlhf(*args, "dry_run=true"))
     assert "asynchronous: step k+1..k+1 sampled before step k's update (trainer.max_staleness=1" in plan.stdout
     ok(rlhf(*args))
@@ -314,11 +320,8 @@ def test_sigterm_preempts_with_exit_5_and_a_checkpoint_then_resume_finishes(quic
     run_dir = tmp_path / "run"
     for part in ("data", "base", "sft"):
         shutil.copytree(quickstart / part, run_dir / part)
-    args = ["recipe=quickstart_grpo", f"run_dir={run_dir}", "stages=[ppo]", "logging=quiet",
-            "ppo.trainer.total_steps=2", "ppo.trainer.save_every=0", "ppo.rollout.prompts_per_step=4",
-            "ppo.algorithm.update.micro_batch_size=4", "ppo.engines.forward_micro_batch_size=8",
-            "ppo.data.max_eval_prompts=8", "prepare.task_kwargs.num_train_prompts=200",
-            "prepare.task_kwargs.num_eval_prompts=16"]
+    args = ["recipe=quickstart_grpo", f"run_dir={run_dir}", *PPO_STAGE_SMOKE, "ppo.trainer.total_steps=2",
+            "ppo.trainer.save_every=0"]
     env = {**os.environ, "RLHF_CRASH_AT": "term:after_step@1"}
     first = subprocess.run([str(RLHF), *args], capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 5, first.stderr[-3000:]
@@ -400,11 +403,8 @@ def test_ppo_scores_with_a_reward_server_and_stops_on_one_that_mis_scores(quicks
     for part in ("data", "base", "sft"):
         shutil.copytree(quickstart / part, tmp_path / "run" / part)
         shutil.copytree(quickstart / part, tmp_path / "bad" / part)
-    args = ["recipe=quickstart_grpo", "stages=[ppo]", "logging=quiet", "ppo.reward_role.use_task_reward=false",
-            "ppo.reward_role.server_backoff_s=0", "ppo.trainer.total_steps=2", "ppo.rollout.prompts_per_step=4",
-            "ppo.algorithm.update.micro_batch_size=4", "ppo.engines.forward_micro_batch_size=8",
-            "ppo.data.max_eval_prompts=8", "prepare.task_kwargs.num_train_prompts=200",
-            "prepare.task_kwargs.num_eval_prompts=16"]
+    args = ["recipe=quickstart_grpo", *PPO_STAGE_SMOKE, "ppo.reward_role.use_task_reward=false",
+            "ppo.reward_role.server_backoff_s=0", "ppo.trainer.total_steps=2"]
     ok(rlhf(*args, f"run_dir={tmp_path / 'run'}", f"ppo.reward_role.server_url={url}/flaky"))
     steps = [r for r in records(tmp_path / "run") if r["stage"] == "ppo" and "reward/mean" in r]
     assert len(steps) == 2
